@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="roboimi",
+    version="0.1.0",
+    description="Visuomotor imitation policies (IMF-AttnRes and a DDPM/DDIM transformer baseline) "
+    "for dual-arm MuJoCo manipulation",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["roboimi", "roboimi.*"]),
+    include_package_data=True,
+    package_data={"roboimi.vla": ["conf/**/*.yaml", "conf/*.yaml"]},
+    install_requires=[
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "hydra-core==1.3.8",
+        "omegaconf>=2.3,<2.4",
+        "diffusers==0.42.1",
+        "swanlab[dashboard]==0.10.3",
+        "h5py==3.16.0",
+        "gym-aloha==0.1.5",
+        "mujoco==3.8.1",
+        "dm-control==1.0.41",
+        "numpy>=2,<3",
+        "tqdm",
+        "pillow",
+    ],
+    extras_require={"test": ["pytest"]},
+)

@@ -1,0 +1,284 @@
+"""Train a VLA agent (DDPM/DDIM transformer baseline or IMF-AttnRes) on a directory of HDF5 episodes.
+
+    python roboimi/demos/vla_scripts/train_vla.py agent=resnet_imf_attnres data.dataset_dir=data/sim_transfer
+
+Outputs go to the Hydra run dir: checkpoints/, logs.json.txt, swanlog/ and rollouts/.
+"""
+import math
+import time
+import warnings
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from roboimi.vla.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    model_config_differences,
+    restore_rng_state,
+    save_checkpoint,
+)
+from roboimi.vla.data import build_datasets
+from roboimi.vla.data.epoch_batch_sampler import EpochBatchSampler
+from roboimi.vla.evaluation import evaluate_agent
+from roboimi.vla.experiment_logger import ExperimentLogger
+from roboimi.vla.optim import build_lr_scheduler, build_optimizer
+from roboimi.vla.runtime import resolve_device, seed_everything
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "vla" / "conf")
+
+
+def make_loader(dataset, cfg, device: torch.device, shuffle_seed: int) -> tuple[DataLoader, EpochBatchSampler]:
+    batch_sampler = EpochBatchSampler(len(dataset), cfg.train.batch_size, seed=shuffle_seed)
+    workers = cfg.train.num_workers
+    loader = DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=workers,
+        pin_memory=cfg.train.pin_memory and device.type == "cuda",
+        persistent_workers=cfg.train.persistent_workers and workers > 0,
+        # Own generator: creating worker iterators must not consume the global RNG, or resumed runs diverge.
+        generator=torch.Generator().manual_seed(shuffle_seed),
+    )
+    return loader, batch_sampler
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def fill_data_dims(cfg: DictConfig, bundle) -> None:
+    """Write the dims read from the files into the config, so checkpoints describe themselves."""
+    cfg.agent.obs_dim = bundle.state_dim
+    cfg.agent.action_dim = bundle.action_dim
+    cfg.data.image_shape = list(bundle.image_shape)
+    if list(cfg.agent.camera_names) != list(cfg.data.camera_names):
+        raise ValueError(
+            f"agent.camera_names={list(cfg.agent.camera_names)} does not match data.camera_names="
+            f"{list(cfg.data.camera_names)}. Set only data.camera_names; the agent follows it by interpolation."
+        )
+
+
+def resolve_resume_path(resume, run_dir: Path):
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = run_dir / "checkpoints" / "last.pt"
+        return last if last.is_file() else None
+    return Path(resume)
+
+
+class Trainer:
+    """The optimisation loop with its checkpoint, logging and validation events (base_stack §7)."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.device = resolve_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+
+        self.bundle = build_datasets(
+            cfg.data.dataset_dir,
+            list(cfg.data.camera_names),
+            cfg.data.obs_horizon,
+            cfg.data.pred_horizon,
+            val_split=cfg.train.val_split,
+            seed=cfg.train.seed,
+            image_resize_shape=cfg.data.image_resize_shape,
+        )
+        fill_data_dims(cfg, self.bundle)
+        self.train_loader, self.batch_sampler = make_loader(self.bundle.train, cfg, self.device, cfg.train.seed)
+        self.val_loader = None
+        if self.bundle.val is not None:
+            self.val_loader, _ = make_loader(self.bundle.val, cfg, self.device, cfg.train.seed + 1)
+
+        self.agent = instantiate(cfg.agent)
+        self.agent.set_normalization_stats(self.bundle.stats)
+        self.agent.to(self.device)
+        self.optimizer = build_optimizer(self.agent, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay)
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, cfg.train)
+        self.trainable_params = [p for p in self.agent.parameters() if p.requires_grad]
+
+        self.global_step = 0
+        self.epoch = 0
+        self.batches_done_in_epoch = 0
+        self.best_success_rate = -1.0
+        self.config_dict = OmegaConf.to_container(cfg, resolve=True)
+        resume_path = resolve_resume_path(cfg.train.resume, run_dir)
+        if resume_path is not None:
+            self.resume_from(resume_path)
+
+        self.logger = ExperimentLogger(
+            run_dir,
+            use_swanlab=cfg.train.use_swanlab,
+            project=cfg.train.swanlab_project,
+            mode=cfg.train.swanlab_mode,
+            experiment_name=cfg.train.swanlab_experiment_name or run_dir.name,
+            config=self.config_dict,
+        )
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def checkpoint_payload(self) -> dict:
+        return {
+            "agent": self.agent.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "samples_done_in_epoch": self.batches_done_in_epoch * self.cfg.train.batch_size,
+            "best_success_rate": self.best_success_rate,
+            "config": self.config_dict,
+            "normalization_stats": self.agent.get_normalization_stats(),
+            "rng": capture_rng_state(),
+        }
+
+    def save(self, name: str) -> Path:
+        payload = self.checkpoint_payload()
+        path = save_checkpoint(self.ckpt_dir / name, payload)
+        if not name.startswith("nonfinite"):
+            save_checkpoint(self.ckpt_dir / "last.pt", payload)
+        return path
+
+    def resume_from(self, path: Path) -> None:
+        checkpoint = load_checkpoint(path)
+        differences = model_config_differences(checkpoint["config"], self.config_dict)
+        if differences:
+            raise ValueError(
+                f"Checkpoint {path} was trained with a different model config; differing keys:\n  "
+                + "\n  ".join(differences)
+                + "\nResume with the same agent/data settings, or start a new run without train.resume."
+            )
+        self.agent.load_state_dict(checkpoint["agent"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        self.global_step = checkpoint["global_step"]
+        self.epoch = checkpoint["epoch"]
+        self.batches_done_in_epoch = checkpoint["samples_done_in_epoch"] // self.cfg.train.batch_size
+        self.best_success_rate = checkpoint["best_success_rate"]
+        restore_rng_state(checkpoint["rng"])
+        print(f"Resumed from {path} at step {self.global_step} (epoch {self.epoch}).")
+
+    # ---- one optimizer step ------------------------------------------------------------------
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16_autocast)
+
+    def train_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.autocast():
+            loss = self.agent.compute_loss(to_device(batch, self.device))
+        if not torch.isfinite(loss):
+            path = self.save(f"nonfinite_step_{self.global_step}.pt")
+            raise FloatingPointError(
+                f"Non-finite training loss ({loss.item()}) at step {self.global_step}; diagnostic checkpoint: {path}. "
+                f"Try a lower train.lr, a positive train.grad_clip, or check the dataset for NaN/inf values."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_params, max_norm)
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.global_step += 1
+        return loss.detach(), grad_norm
+
+    # ---- validation events -------------------------------------------------------------------
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        self.agent.eval()
+        losses = []
+        for batch in self.val_loader:
+            with self.autocast():
+                losses.append(self.agent.compute_loss(to_device(batch, self.device)).item())
+        self.agent.train()
+        return sum(losses) / max(len(losses), 1)
+
+    def rollout_validation(self) -> None:
+        if self.cfg.data.task is None:
+            warnings.warn("data.task is null: rollout validation skipped (set data.task to a built-in task).")
+            return
+        output_dir = self.run_dir / "rollouts" / f"step_{self.global_step}"
+        summary = evaluate_agent(
+            self.agent,
+            self.cfg,
+            num_episodes=self.cfg.train.rollout_num_episodes,
+            output_dir=output_dir,
+            record_video=self.cfg.train.rollout_record_video,
+            progress=False,
+        )
+        self.logger.log_scalars(
+            {
+                "rollout/success_rate": summary["success_rate"],
+                "rollout/avg_reward": summary["mean_return"],
+                "rollout/max_reward": summary["mean_max_reward"],
+                "rollout/avg_inference_ms": summary["mean_inference_ms"],
+            },
+            self.global_step,
+        )
+        self.logger.log_images("rollout/trajectory", summary.get("trajectory_images", []), self.global_step)
+        for gif in [v for v in summary.get("videos", []) if str(v).endswith(".gif")]:
+            self.logger.log_gif("rollout/video", gif, self.global_step)
+        if summary["success_rate"] > self.best_success_rate:
+            self.best_success_rate = summary["success_rate"]
+            self.save("best_rollout.pt")
+        print(f"step {self.global_step}: rollout success rate {summary['success_rate']:.2f} -> {output_dir}")
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def fit(self) -> None:
+        cfg = self.cfg.train
+        self.agent.train()
+        bar = tqdm(total=cfg.max_steps, initial=self.global_step, desc="train", dynamic_ncols=True)
+        last_log_time, last_log_step = time.perf_counter(), self.global_step
+        while self.global_step < cfg.max_steps:
+            self.batch_sampler.set_epoch(self.epoch, skip_batches=self.batches_done_in_epoch)
+            for batch in self.train_loader:
+                loss, grad_norm = self.train_step(batch)
+                self.batches_done_in_epoch += 1
+                bar.update(1)
+                if self.global_step % cfg.log_freq == 0:
+                    now = time.perf_counter()
+                    it_per_s = (self.global_step - last_log_step) / (now - last_log_time)
+                    last_log_time, last_log_step = now, self.global_step
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                    self.logger.log_scalars(
+                        {"train/loss": loss.item(), "train/lr": lr, "train/grad_norm": grad_norm.item(), "train/it_per_s": it_per_s},
+                        self.global_step,
+                    )
+                if self.global_step % cfg.save_freq == 0:
+                    self.save(f"step_{self.global_step}.pt")
+                    if cfg.rollout_validate_on_checkpoint:
+                        self.rollout_validation()
+                if self.global_step >= cfg.max_steps:
+                    break
+            else:
+                self.end_of_epoch()
+        bar.close()
+        if self.global_step % cfg.save_freq != 0:
+            self.save(f"step_{self.global_step}.pt")
+        self.logger.finish()
+        print(f"Training done: {self.global_step} steps. Checkpoint: {self.ckpt_dir / 'last.pt'}; metrics: {self.logger.jsonl_path}")
+
+    def end_of_epoch(self) -> None:
+        if self.val_loader is not None:
+            self.logger.log_scalars({"val/loss": self.validation_loss()}, self.global_step)
+        freq = self.cfg.train.rollout_val_freq_epochs
+        if freq > 0 and (self.epoch + 1) % freq == 0:
+            self.rollout_validation()
+        self.epoch += 1
+        self.batches_done_in_epoch = 0
+
+
+@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    Trainer(cfg, run_dir).fit()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""train_vla.py end to end on a tiny generated dataset: checkpoints, exact resume, failure handling."""
+import json
+import tempfile
+import unittest
+import warnings
+from pathlib import Path
+
+import torch
+
+from roboimi.demos.vla_scripts.train_vla import Trainer
+from roboimi.vla.checkpoint import load_checkpoint, save_checkpoint
+from tests.synthetic_episodes import write_dataset
+from tests.tiny_config import compose_tiny
+
+
+def read_losses(run_dir: Path) -> dict[int, float]:
+    lines = (run_dir / "logs.json.txt").read_text().splitlines()
+    return {r["step"]: r["train/loss"] for r in map(json.loads, lines) if "train/loss" in r}
+
+
+class TrainVLATest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        torch.set_num_threads(1)
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.data_dir = Path(cls.tmp.name) / "data"
+        write_dataset(cls.data_dir, lengths=(12, 14), image_size=(32, 32))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def run_dir(self, name: str) -> Path:
+        return Path(self.tmp.name) / name
+
+    def test_checkpoints_hold_everything_needed_to_resume_and_evaluate(self):
+        for agent in ("resnet_transformer", "resnet_imf_attnres"):
+            with self.subTest(agent=agent):
+                run_dir = self.run_dir(f"e2e_{agent}")
+                trainer = Trainer(compose_tiny(agent, self.data_dir), run_dir)
+                initial = {k: v.clone() for k, v in trainer.agent.noise_pred_net.state_dict().items()}
+                trainer.fit()
+
+                names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+                self.assertEqual(names, ["last.pt", "step_2.pt", "step_4.pt"])
+                ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+                self.assertEqual(ckpt["global_step"], 4)
+                for key in ("agent", "optimizer", "lr_scheduler", "epoch", "config", "normalization_stats", "rng"):
+                    self.assertIn(key, ckpt)
+                self.assertEqual(ckpt["config"]["agent"]["obs_dim"], 14)
+                self.assertEqual(ckpt["config"]["agent"]["action_dim"], 14)
+                self.assertEqual(ckpt["config"]["data"]["image_shape"], [32, 32])
+                torch.testing.assert_close(ckpt["normalization_stats"]["action_min"], ckpt["agent"]["action_min"])
+                changed = [k for k, v in trainer.agent.noise_pred_net.state_dict().items() if not torch.equal(v, initial[k])]
+                self.assertGreater(len(changed), 0, "no head parameter changed after 4 optimizer steps")
+                self.assertEqual(sorted(read_losses(run_dir)), [1, 2, 3, 4])
+
+    def test_resume_reproduces_the_uninterrupted_loss_sequence(self):
+        for agent in ("resnet_transformer", "resnet_imf_attnres"):
+            with self.subTest(agent=agent):
+                full_dir = self.run_dir(f"full_{agent}")
+                extra = ["train.max_steps=6", "train.save_freq=3"]
+                Trainer(compose_tiny(agent, self.data_dir, extra), full_dir).fit()
+                full = read_losses(full_dir)
+
+                resumed_dir = self.run_dir(f"resumed_{agent}")
+                resume = [*extra, f"train.resume={full_dir / 'checkpoints' / 'step_3.pt'}"]
+                trainer = Trainer(compose_tiny(agent, self.data_dir, resume), resumed_dir)
+                self.assertEqual(trainer.global_step, 3)
+                trainer.fit()
+                resumed = read_losses(resumed_dir)
+
+                self.assertEqual(sorted(resumed), [4, 5, 6])
+                for step in (4, 5, 6):
+                    self.assertEqual(resumed[step], full[step], f"loss differs at step {step}")
+
+    def test_resume_auto_starts_fresh_without_a_checkpoint(self):
+        trainer = Trainer(compose_tiny("resnet_transformer", self.data_dir, ["train.resume=auto"]), self.run_dir("auto"))
+        self.assertEqual(trainer.global_step, 0)
+
+    def test_resume_with_a_different_model_config_names_the_keys(self):
+        run_dir = self.run_dir("mismatch")
+        Trainer(compose_tiny("resnet_transformer", self.data_dir, ["train.max_steps=2"]), run_dir).fit()
+        changed = ["agent.head.n_emb=64", f"train.resume={run_dir / 'checkpoints' / 'last.pt'}"]
+        with self.assertRaisesRegex(ValueError, r"agent\.head\.n_emb: 32 -> 64"):
+            Trainer(compose_tiny("resnet_transformer", self.data_dir, changed), self.run_dir("mismatch_2"))
+
+    def test_non_finite_loss_stops_with_a_diagnostic_checkpoint(self):
+        run_dir = self.run_dir("nan")
+        trainer = Trainer(compose_tiny("resnet_transformer", self.data_dir), run_dir)
+        trainer.agent.compute_loss = lambda batch: torch.tensor(float("nan"))
+        with self.assertRaisesRegex(FloatingPointError, r"Non-finite training loss .* step 0.*train\.lr"):
+            trainer.fit()
+        self.assertTrue((run_dir / "checkpoints" / "nonfinite_step_0.pt").is_file())
+        self.assertFalse((run_dir / "checkpoints" / "last.pt").exists())
+
+    def test_swanlab_failure_warns_and_training_continues(self):
+        run_dir = self.run_dir("swanlab_broken")
+        cfg = compose_tiny("resnet_transformer", self.data_dir, ["train.use_swanlab=true", "train.swanlab_mode=offline"])
+        trainer = Trainer(cfg, run_dir)
+
+        def broken_log(*args, **kwargs):
+            raise ConnectionError("logging backend down")
+
+        trainer.logger._swanlab.log = broken_log
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit()
+        self.assertEqual(trainer.global_step, 4)
+        self.assertTrue(any("logging backend down" in str(w.message) for w in caught))
+        self.assertEqual(sorted(read_losses(run_dir)), [1, 2, 3, 4])
+
+    def test_batch_larger_than_the_dataset_is_a_clear_error(self):
+        cfg = compose_tiny("resnet_transformer", self.data_dir, ["train.batch_size=1000"])
+        with self.assertRaisesRegex(ValueError, r"train\.batch_size=1000 is larger than the 26 samples"):
+            Trainer(cfg, self.run_dir("big_batch"))
+
+    def test_cuda_request_without_cuda_is_a_clear_error(self):
+        if torch.cuda.is_available():
+            self.skipTest("CUDA is available here")
+        cfg = compose_tiny("resnet_transformer", self.data_dir, ["train.device=cuda"])
+        with self.assertRaisesRegex(RuntimeError, r"CUDA is not available.*train\.device=cpu"):
+            Trainer(cfg, self.run_dir("cuda"))
+
+
+class AtomicCheckpointTest(unittest.TestCase):
+    def test_a_failed_write_leaves_the_previous_file_intact_and_no_temp_files(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "last.pt"
+            save_checkpoint(path, {"global_step": 1})
+            with self.assertRaises(Exception):
+                save_checkpoint(path, {"global_step": 2, "unpicklable": lambda: None})
+            self.assertEqual(load_checkpoint(path)["global_step"], 1)
+            self.assertEqual(sorted(p.name for p in Path(tmp).iterdir()), ["last.pt"])
+
+    def test_missing_checkpoint_names_the_path(self):
+        with self.assertRaisesRegex(FileNotFoundError, r"nowhere\.pt does not exist"):
+            load_checkpoint("nowhere.pt")
+
+
+if __name__ == "__main__":
+    unittest.main()

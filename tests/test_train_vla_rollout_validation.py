@@ -1,0 +1,69 @@
+"""Periodic rollout validation wiring of train_vla: epoch frequency, on-checkpoint flag, episode count."""
+import json
+import tempfile
+import unittest
+from pathlib import Path
+
+import torch
+
+from roboimi.demos.vla_scripts.train_vla import Trainer
+from tests.synthetic_episodes import write_dataset
+from tests.tiny_config import compose_tiny
+
+# 2 episodes x 6 frames at batch 2 -> 6 optimizer steps per epoch.
+STEPS_PER_EPOCH = 6
+ROLLOUT = ["data.task=sim_transfer", "eval.max_timesteps=3", "train.rollout_num_episodes=2"]
+
+
+def rollout_steps(run_dir: Path) -> list[int]:
+    lines = (run_dir / "logs.json.txt").read_text().splitlines()
+    return [r["step"] for r in map(json.loads, lines) if "rollout/success_rate" in r]
+
+
+class RolloutValidationTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        torch.set_num_threads(1)
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.data_dir = Path(cls.tmp.name) / "data"
+        write_dataset(cls.data_dir, lengths=(6, 6), image_size=(32, 32))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def train(self, name: str, overrides: list[str]) -> tuple[Trainer, Path]:
+        run_dir = Path(self.tmp.name) / name
+        cfg = compose_tiny("resnet_imf_attnres", self.data_dir, [*ROLLOUT, "train.log_freq=100", *overrides])
+        trainer = Trainer(cfg, run_dir)
+        trainer.fit()
+        return trainer, run_dir
+
+    def test_every_epoch(self):
+        trainer, run_dir = self.train("every_epoch", ["train.max_steps=13", "train.save_freq=100", "train.rollout_val_freq_epochs=1"])
+        self.assertEqual(rollout_steps(run_dir), [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH])
+        summary = json.loads((run_dir / "rollouts" / f"step_{STEPS_PER_EPOCH}" / "summary.json").read_text())
+        self.assertEqual(summary["num_episodes"], 2)
+        self.assertEqual(len(summary["episodes"]), 2)
+        self.assertTrue(trainer.agent.training, "agent left in eval mode after validation")
+        self.assertTrue((run_dir / "checkpoints" / "best_rollout.pt").is_file())
+
+    def test_every_second_epoch(self):
+        _, run_dir = self.train("second_epoch", ["train.max_steps=13", "train.save_freq=100", "train.rollout_val_freq_epochs=2"])
+        self.assertEqual(rollout_steps(run_dir), [2 * STEPS_PER_EPOCH])
+
+    def test_on_checkpoint_only(self):
+        _, run_dir = self.train(
+            "on_checkpoint",
+            ["train.max_steps=8", "train.save_freq=4", "train.rollout_val_freq_epochs=0", "train.rollout_validate_on_checkpoint=true"],
+        )
+        self.assertEqual(rollout_steps(run_dir), [4, 8])
+
+    def test_disabled(self):
+        _, run_dir = self.train("disabled", ["train.max_steps=7", "train.rollout_val_freq_epochs=0"])
+        self.assertEqual(rollout_steps(run_dir), [])
+        self.assertFalse((run_dir / "rollouts").exists())
+
+
+if __name__ == "__main__":
+    unittest.main()

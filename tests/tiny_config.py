@@ -1,0 +1,37 @@
+"""Hydra composition of the real configs with tiny model and training sizes, for fast CPU tests."""
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "roboimi" / "vla" / "conf")
+
+TINY_HEADS = {
+    "resnet_transformer": ["agent.head.n_layer=1", "agent.head.n_emb=32", "agent.head.n_head=2"],
+    "resnet_imf_attnres": ["agent.head.n_layer=1", "agent.head.n_emb=32", "agent.head.n_head=2", "agent.head.n_kv_head=2"],
+}
+
+
+def compose_tiny(agent: str, dataset_dir, extra: list[str] = ()) -> DictConfig:
+    """Config for a 1-layer, 32-wide head, batch 2, a few CPU steps, no workers, no SwanLab, no rollouts."""
+    overrides = [
+        f"agent={agent}",
+        *TINY_HEADS[agent],
+        "agent.pred_horizon=8",
+        "agent.num_action_steps=4",
+        "agent.vision_backbone.spatial_softmax_num_keypoints=8",
+        f"data.dataset_dir={Path(dataset_dir)}",
+        "train.device=cpu",
+        "train.batch_size=2",
+        "train.num_workers=0",
+        "train.val_split=0.0",
+        "train.max_steps=4",
+        "train.warmup_steps=2",
+        "train.log_freq=1",
+        "train.save_freq=2",
+        "train.rollout_val_freq_epochs=0",
+        "train.use_swanlab=false",
+        *extra,
+    ]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose("config", overrides=overrides)

@@ -1,0 +1,1 @@
+"""RoboIMI visuomotor imitation policies: data, models, agents and training."""

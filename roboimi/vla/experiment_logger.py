@@ -1,6 +1,6 @@
 """Metrics sink of train_vla.py: a JSON-lines file always, SwanLab when enabled.
 
-A logging failure warns and never stops training.
+A logging failure warns and never stops training. An inactive logger (non-zero ranks under torchrun) does nothing.
 """
 import json
 import time
@@ -11,10 +11,15 @@ SWANLAB_MODES = ("disabled", "offline", "local", "cloud")
 
 
 class ExperimentLogger:
-    def __init__(self, run_dir, *, use_swanlab: bool, project: str, mode: str, experiment_name: str, config: dict):
+    def __init__(
+        self, run_dir, *, use_swanlab: bool, project: str, mode: str, experiment_name: str, config: dict, active: bool = True
+    ):
         self.jsonl_path = Path(run_dir) / "logs.json.txt"
-        self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+        self.active = active
         self._swanlab = None
+        if not active:
+            return
+        self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
         if not use_swanlab:
             return
         if mode not in SWANLAB_MODES:
@@ -38,6 +43,8 @@ class ExperimentLogger:
         warnings.warn(f"SwanLab {what} failed ({exc!r}); training continues, scalars still go to {self.jsonl_path}.")
 
     def log_scalars(self, scalars: dict, step: int) -> None:
+        if not self.active:
+            return
         record = {"step": step, "time": time.time(), **{k: float(v) for k, v in scalars.items()}}
         try:
             with open(self.jsonl_path, "a") as f:

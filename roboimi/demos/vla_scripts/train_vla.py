@@ -26,22 +26,25 @@ from roboimi.vla.checkpoint import (
 )
 from roboimi.vla.data import build_datasets
 from roboimi.vla.data.epoch_batch_sampler import EpochBatchSampler
+from roboimi.vla.distributed import AgentLoss, assert_ranks_agree, init_distributed, parameter_fingerprint
 from roboimi.vla.evaluation import evaluate_agent
 from roboimi.vla.experiment_logger import ExperimentLogger
 from roboimi.vla.optim import build_lr_scheduler, build_optimizer
-from roboimi.vla.runtime import resolve_device, seed_everything
+from roboimi.vla.runtime import seed_everything
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "vla" / "conf")
 
 
-def make_loader(dataset, cfg, device: torch.device, shuffle_seed: int) -> tuple[DataLoader, EpochBatchSampler]:
-    batch_sampler = EpochBatchSampler(len(dataset), cfg.train.batch_size, seed=shuffle_seed)
+def make_loader(dataset, cfg, dist_ctx, shuffle_seed: int) -> tuple[DataLoader, EpochBatchSampler]:
+    batch_sampler = EpochBatchSampler(
+        len(dataset), cfg.train.batch_size, seed=shuffle_seed, rank=dist_ctx.rank, world_size=dist_ctx.world_size
+    )
     workers = cfg.train.num_workers
     loader = DataLoader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=workers,
-        pin_memory=cfg.train.pin_memory and device.type == "cuda",
+        pin_memory=cfg.train.pin_memory and dist_ctx.device.type == "cuda",
         persistent_workers=cfg.train.persistent_workers and workers > 0,
         # Own generator: creating worker iterators must not consume the global RNG, or resumed runs diverge.
         generator=torch.Generator().manual_seed(shuffle_seed),
@@ -75,14 +78,19 @@ def resolve_resume_path(resume, run_dir: Path):
 
 
 class Trainer:
-    """The optimisation loop with its checkpoint, logging and validation events (base_stack §7)."""
+    """The optimisation loop with its checkpoint, logging and validation events (base_stack §7).
+
+    Under torchrun every rank runs this loop on its shard of each epoch (global batch = train.batch_size x world
+    size); rank 0 alone logs, writes checkpoints and runs rollouts, and the other ranks wait at a barrier.
+    """
 
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg = cfg
         self.run_dir = run_dir
         self.ckpt_dir = run_dir / "checkpoints"
-        self.device = resolve_device(cfg.train.device)
-        seed_everything(cfg.train.seed)
+        self.dist = init_distributed(cfg.train.device)
+        self.device = self.dist.device
+        seed_everything(cfg.train.seed + self.dist.rank)
 
         self.bundle = build_datasets(
             cfg.data.dataset_dir,
@@ -94,14 +102,18 @@ class Trainer:
             image_resize_shape=cfg.data.image_resize_shape,
         )
         fill_data_dims(cfg, self.bundle)
-        self.train_loader, self.batch_sampler = make_loader(self.bundle.train, cfg, self.device, cfg.train.seed)
+        self.train_loader, self.batch_sampler = make_loader(self.bundle.train, cfg, self.dist, cfg.train.seed)
         self.val_loader = None
         if self.bundle.val is not None:
-            self.val_loader, _ = make_loader(self.bundle.val, cfg, self.device, cfg.train.seed + 1)
+            self.val_loader, _ = make_loader(self.bundle.val, cfg, self.dist, cfg.train.seed + 1)
 
         self.agent = instantiate(cfg.agent)
         self.agent.set_normalization_stats(self.bundle.stats)
         self.agent.to(self.device)
+        self.loss_model = AgentLoss(self.agent)
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.loss_model = torch.nn.parallel.DistributedDataParallel(self.loss_model, device_ids=device_ids)
         self.optimizer = build_optimizer(self.agent, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay)
         self.lr_scheduler = build_lr_scheduler(self.optimizer, cfg.train)
         self.trainable_params = [p for p in self.agent.parameters() if p.requires_grad]
@@ -117,6 +129,7 @@ class Trainer:
 
         self.logger = ExperimentLogger(
             run_dir,
+            active=self.dist.is_main,
             use_swanlab=cfg.train.use_swanlab,
             project=cfg.train.swanlab_project,
             mode=cfg.train.swanlab_mode,
@@ -125,6 +138,10 @@ class Trainer:
         )
 
     # ---- checkpoints -------------------------------------------------------------------------
+    @property
+    def global_batch_size(self) -> int:
+        return self.cfg.train.batch_size * self.dist.world_size
+
     def checkpoint_payload(self) -> dict:
         return {
             "agent": self.agent.state_dict(),
@@ -132,18 +149,23 @@ class Trainer:
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "global_step": self.global_step,
             "epoch": self.epoch,
-            "samples_done_in_epoch": self.batches_done_in_epoch * self.cfg.train.batch_size,
+            "samples_done_in_epoch": self.batches_done_in_epoch * self.global_batch_size,
+            "world_size": self.dist.world_size,
             "best_success_rate": self.best_success_rate,
             "config": self.config_dict,
             "normalization_stats": self.agent.get_normalization_stats(),
-            "rng": capture_rng_state(),
+            "rng": self.dist.gather_objects(capture_rng_state()),
         }
 
     def save(self, name: str) -> Path:
+        """Collective: every rank contributes its RNG state, rank 0 writes."""
         payload = self.checkpoint_payload()
-        path = save_checkpoint(self.ckpt_dir / name, payload)
-        if not name.startswith("nonfinite"):
-            save_checkpoint(self.ckpt_dir / "last.pt", payload)
+        path = self.ckpt_dir / name
+        if self.dist.is_main:
+            save_checkpoint(path, payload)
+            if not name.startswith("nonfinite"):
+                save_checkpoint(self.ckpt_dir / "last.pt", payload)
+        self.dist.barrier()
         return path
 
     def resume_from(self, path: Path) -> None:
@@ -160,32 +182,44 @@ class Trainer:
         self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
         self.global_step = checkpoint["global_step"]
         self.epoch = checkpoint["epoch"]
-        self.batches_done_in_epoch = checkpoint["samples_done_in_epoch"] // self.cfg.train.batch_size
+        self.batches_done_in_epoch = checkpoint["samples_done_in_epoch"] // self.global_batch_size
         self.best_success_rate = checkpoint["best_success_rate"]
-        restore_rng_state(checkpoint["rng"])
-        print(f"Resumed from {path} at step {self.global_step} (epoch {self.epoch}).")
+        if len(checkpoint["rng"]) == self.dist.world_size:
+            restore_rng_state(checkpoint["rng"][self.dist.rank])
+        else:
+            # A new world size cannot replay the old per-rank random streams; reseed each rank deterministically.
+            seed_everything(self.cfg.train.seed + self.dist.rank + self.global_step)
+        if self.dist.is_main:
+            print(f"Resumed from {path} at step {self.global_step} (epoch {self.epoch}).")
 
     # ---- one optimizer step ------------------------------------------------------------------
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16_autocast)
 
     def train_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; returns the loss averaged over ranks and the (clipped-from) gradient norm."""
         with self.autocast():
-            loss = self.agent.compute_loss(to_device(batch, self.device))
-        if not torch.isfinite(loss):
+            loss = self.loss_model(to_device(batch, self.device))
+        mean_loss = self.dist.mean(loss.detach())
+        if not torch.isfinite(mean_loss):
             path = self.save(f"nonfinite_step_{self.global_step}.pt")
             raise FloatingPointError(
-                f"Non-finite training loss ({loss.item()}) at step {self.global_step}; diagnostic checkpoint: {path}. "
+                f"Non-finite training loss ({mean_loss.item()}) at step {self.global_step}; diagnostic checkpoint: {path}. "
                 f"Try a lower train.lr, a positive train.grad_clip, or check the dataset for NaN/inf values."
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_params, max_norm)
+        check_sync = self.dist.enabled and self.global_step < self.cfg.train.ddp_sync_check_steps
+        if check_sync:
+            assert_ranks_agree(self.dist, "gradient norm", grad_norm.item(), self.global_step)
         self.optimizer.step()
+        if check_sync:
+            assert_ranks_agree(self.dist, "parameter fingerprint", parameter_fingerprint(self.trainable_params), self.global_step)
         self.lr_scheduler.step()
         self.global_step += 1
-        return loss.detach(), grad_norm
+        return mean_loss, grad_norm
 
     # ---- validation events -------------------------------------------------------------------
     @torch.no_grad()
@@ -194,11 +228,17 @@ class Trainer:
         losses = []
         for batch in self.val_loader:
             with self.autocast():
-                losses.append(self.agent.compute_loss(to_device(batch, self.device)).item())
+                losses.append(self.agent.compute_loss(to_device(batch, self.device)))
         self.agent.train()
-        return sum(losses) / max(len(losses), 1)
+        return self.dist.mean(torch.stack(losses).mean()).item()
 
     def rollout_validation(self) -> None:
+        """Collective: rank 0 runs the episodes while the other ranks wait."""
+        if self.dist.is_main:
+            self._run_rollouts()
+        self.dist.barrier()
+
+    def _run_rollouts(self) -> None:
         if self.cfg.data.task is None:
             warnings.warn("data.task is null: rollout validation skipped (set data.task to a built-in task).")
             return
@@ -232,7 +272,7 @@ class Trainer:
     def fit(self) -> None:
         cfg = self.cfg.train
         self.agent.train()
-        bar = tqdm(total=cfg.max_steps, initial=self.global_step, desc="train", dynamic_ncols=True)
+        bar = tqdm(total=cfg.max_steps, initial=self.global_step, desc="train", dynamic_ncols=True, disable=not self.dist.is_main)
         last_log_time, last_log_step = time.perf_counter(), self.global_step
         while self.global_step < cfg.max_steps:
             self.batch_sampler.set_epoch(self.epoch, skip_batches=self.batches_done_in_epoch)
@@ -262,7 +302,9 @@ class Trainer:
         if self.global_step % cfg.save_freq != 0:
             self.save(f"step_{self.global_step}.pt")
         self.logger.finish()
-        print(f"Training done: {self.global_step} steps. Checkpoint: {self.ckpt_dir / 'last.pt'}; metrics: {self.logger.jsonl_path}")
+        self.dist.close()
+        if self.dist.is_main:
+            print(f"Training done: {self.global_step} steps. Checkpoint: {self.ckpt_dir / 'last.pt'}; metrics: {self.logger.jsonl_path}")
 
     def end_of_epoch(self) -> None:
         if self.val_loader is not None:

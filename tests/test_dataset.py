@@ -121,6 +121,10 @@ class TestSamples(unittest.TestCase):
         self.assertTrue(torch.all(sample["images"]["r_vis"][:, 1] == 0))
         dataset.close()
 
+    def test_horizons_must_leave_the_current_step_in_the_action_chunk(self):
+        with self.assertRaisesRegex(ValueError, r"obs_horizon=3, pred_horizon=2.*agent\.pred_horizon"):
+            HDF5EpisodeDataset(self.bundle.train.episodes, CAMERAS, 3, 2)
+
     def test_default_collate_batches_samples(self):
         batch = next(iter(DataLoader(self.bundle.train, batch_size=3)))
         self.assertEqual(batch["images"]["front"].shape, (3, 2, 3, 16, 16))

@@ -48,7 +48,8 @@ def build_datasets(
     train_ids, val_ids = split_episodes(len(episodes), val_split, seed)
 
     def make(ids):
-        return HDF5EpisodeDataset([episodes[i] for i in ids], camera_names, obs_horizon, pred_horizon, image_resize_shape)
+        chosen = [episodes[i] for i in ids]
+        return HDF5EpisodeDataset(chosen, camera_names, obs_horizon, pred_horizon, image_resize_shape)
 
     train = make(train_ids)
     val = make(val_ids) if val_ids else None

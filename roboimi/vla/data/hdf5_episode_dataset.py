@@ -27,6 +27,9 @@ class HDF5EpisodeDataset(Dataset):
     """
 
     def __init__(self, episodes, camera_names, obs_horizon, pred_horizon, image_resize_shape=None):
+        """episodes: list of `episode_files.EpisodeInfo`, validated by `discover_episodes`."""
+        if not episodes:
+            raise ValueError("HDF5EpisodeDataset needs at least one episode; build it with build_datasets(...).")
         if obs_horizon < 1 or pred_horizon < obs_horizon:
             raise ValueError(
                 f"Need 1 <= obs_horizon <= pred_horizon so the action chunk contains the current step; got "
@@ -55,11 +58,10 @@ class HDF5EpisodeDataset(Dataset):
         # would share library state with it. Each process opens its own, tagged with its pid.
         self._owner_pid = os.getpid()
         self._files = {}  # episode position -> h5py.File
-        self._buffers = {}  # camera -> uint8 (obs_horizon, H, W, 3), reused by read_direct
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.update(_owner_pid=None, _files={}, _buffers={})
+        state.update(_owner_pid=None, _files={})
         return state
 
     def __len__(self):
@@ -93,11 +95,10 @@ class HDF5EpisodeDataset(Dataset):
         """frames: (obs_horizon,) clamped, consecutive up to repeats -> uint8 (obs_horizon, 3, H, W)."""
         images = self._file(episode)[f"observations/images/{camera}"]
         first, last = int(frames[0]), int(frames[-1])
-        buffer = self._buffers.get(camera)
-        if buffer is None:
-            buffer = self._buffers[camera] = np.empty((self.obs_horizon,) + images.shape[1:], dtype=np.uint8)
-        images.read_direct(buffer, source_sel=np.s_[first : last + 1], dest_sel=np.s_[: last - first + 1])
-        window = torch.from_numpy(buffer[frames - first]).permute(0, 3, 1, 2).contiguous()
+        # A plain slice, not read_direct into a reused buffer: h5py 3.16 serves simple slices through a compiled
+        # fast path, measured 0.14 ms against 0.22 ms per 96x96 two-frame gzip window (0.28 vs 0.35 at 240x320).
+        chunk = images[first : last + 1]  # (last - first + 1, H, W, 3)
+        window = torch.from_numpy(chunk[frames - first]).permute(0, 3, 1, 2).contiguous()
         if self.image_resize_shape is not None and tuple(window.shape[-2:]) != self.image_resize_shape:
             window = F.interpolate(
                 window.float(), size=self.image_resize_shape, mode="bilinear", antialias=True, align_corners=False

@@ -55,7 +55,8 @@ def write_synthetic_dataset(dirpath, num_episodes, num_frames, image_size, camer
         qpos = np.cumsum(rng.normal(0, 0.01, size=(num_frames, 14)), axis=0).astype(np.float32)
         action = np.roll(qpos, -1, axis=0)
         images = {cam: image_like_frames(rng, num_frames, image_size) for cam in camera_names}
-        write_episode_file(os.path.join(dirpath, f"episode_{i}.hdf5"), qpos, action, images, qvel=np.zeros_like(qpos))
+        path = os.path.join(dirpath, f"episode_{i}.hdf5")
+        write_episode_file(path, qpos, action, images, extra_observations={"qvel": np.zeros_like(qpos)})
 
 
 def dataset_size_mb(bundle):

@@ -42,8 +42,8 @@ def write_episode(
         pixels[..., 1] = position
         pixels[..., 2] = seed % 256
         images[cam] = pixels
-    qvel = -np.repeat(frames, state_dim, axis=1) if with_qvel else None
-    return write_episode_file(path, qpos.astype(np.float32), action.astype(np.float32), images, qvel=qvel)
+    extra = {"qvel": -np.repeat(frames, state_dim, axis=1)} if with_qvel else None
+    return write_episode_file(path, qpos.astype(np.float32), action.astype(np.float32), images, extra)
 
 
 def write_dataset(dirpath, lengths=(20, 24, 30), **kw):

@@ -5,6 +5,7 @@ One file per episode, `<dataset_dir>/episode_<i>.hdf5`:
     attrs                        sim=True (recordings may add task, seed, success, fps)
     /observations/qpos           (T, S) float    joint state
     /observations/qvel           (T, S) float    optional, unused
+    /observations/env_state      (T, E) float    optional, unused
     /observations/images/<cam>   (T, H, W, 3)    uint8, one-frame chunks, gzip 1 or lzf
     /action                      (T, A) float    action aligned with obs[t]
 
@@ -178,10 +179,11 @@ def discover_episodes(dataset_dir, camera_names, min_length):
     return episodes, skipped
 
 
-def write_episode_file(path, qpos, action, images, qvel=None, attrs=None, compression="gzip"):
+def write_episode_file(path, qpos, action, images, extra_observations=None, attrs=None, compression="gzip"):
     """Write one episode in the ACT layout, atomically (temporary file, then rename).
 
-    qpos (T, S), action (T, A), qvel (T, S) or None, images: camera -> uint8 (T, H, W, 3).
+    qpos (T, S), action (T, A), images: camera -> uint8 (T, H, W, 3), extra_observations: name -> (T, ...)
+    (e.g. qvel, env_state), attrs: file attributes besides sim=True.
     Images get one-frame chunks so that reading a window decompresses only the frames it needs.
     """
     if compression not in ("gzip", "lzf"):
@@ -194,8 +196,8 @@ def write_episode_file(path, qpos, action, images, qvel=None, attrs=None, compre
             f.attrs[key] = value
         obs = f.create_group("observations")
         obs.create_dataset("qpos", data=qpos)
-        if qvel is not None:
-            obs.create_dataset("qvel", data=qvel)
+        for name, values in (extra_observations or {}).items():
+            obs.create_dataset(name, data=values)
         image_group = obs.create_group("images")
         for cam, frames in images.items():
             image_group.create_dataset(cam, data=frames, chunks=(1,) + frames.shape[1:], **options)

@@ -3,7 +3,6 @@ import math
 import unittest
 
 import torch
-from torch import nn
 
 from roboimi.vla.models.heads.attnres_transformer_components import (
     AttnResOperator,

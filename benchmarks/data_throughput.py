@@ -4,9 +4,9 @@ Measures DataLoader samples/s with 0 and 2 workers over a dataset of ACT-layout 
 is available, the samples/s one train step (compute_loss + backward + AdamW) consumes. A ratio above 1 means
 the loader is not the bottleneck.
 
-Without --dataset-dir it writes a temporary synthetic dataset: 3 cameras of 96x96 image-like frames (smooth
-flat-shaded scene with moving boxes, compressing like MuJoCo renders) stored with gzip level 1 in one-frame chunks,
-so decompression costs what it costs on recorded data.
+Without --dataset-dir it writes a temporary synthetic dataset: 3 cameras of 96x96 image-like frames (a smoothly
+lit scene with moving boxes, compressing like MuJoCo renders) stored with gzip level 1 in one-frame chunks, so
+decompression costs what it costs on recorded data.
 
     python benchmarks/data_throughput.py
     python benchmarks/data_throughput.py --dataset-dir data/sim_transfer --batches 100
@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from roboimi.vla.data import build_datasets
@@ -88,9 +90,6 @@ def loader_samples_per_s(dataset, batch_size, num_workers, num_batches, seed):
 
 
 def build_agent(bundle, obs_horizon, pred_horizon):
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
     overrides = [
         f"agent.obs_dim={bundle.state_dim}",
         f"agent.action_dim={bundle.action_dim}",

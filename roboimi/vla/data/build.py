@@ -42,7 +42,7 @@ def build_datasets(
     dataset_dir, camera_names, obs_horizon, pred_horizon, val_split=0.0, seed=42, image_resize_shape=None
 ):
     camera_names = list(camera_names)
-    episodes, skipped = discover_episodes(dataset_dir, camera_names, min_length=obs_horizon)
+    episodes, skipped = discover_episodes(dataset_dir, camera_names, obs_horizon)
     if image_resize_shape is None:
         check_camera_shapes_agree(episodes[0], camera_names)
     train_ids, val_ids = split_episodes(len(episodes), val_split, seed)

@@ -147,7 +147,7 @@ def check_camera_shapes_agree(episode, camera_names):
         )
 
 
-def discover_episodes(dataset_dir, camera_names, min_length):
+def discover_episodes(dataset_dir, camera_names, obs_horizon):
     """Validated episodes of `dataset_dir` plus the skipped ones.
 
     Returns (episodes: list[EpisodeInfo] sorted by index, skipped: list[(path, reason)]).
@@ -161,9 +161,9 @@ def discover_episodes(dataset_dir, camera_names, min_length):
         except OSError as error:
             skipped.append((path, f"unreadable HDF5 file ({error}); delete or re-record it"))
             continue
-        if info.length < min_length:
+        if info.length < obs_horizon:
             skipped.append(
-                (path, f"{info.length} frames, fewer than obs_horizon={min_length}; re-record it or lower obs_horizon")
+                (path, f"{info.length} frames, fewer than obs_horizon={obs_horizon}; re-record it or lower obs_horizon")
             )
             continue
         episodes.append(info)

@@ -1,0 +1,245 @@
+"""IMFVLAAgent: (t, r) sampler, JVP against finite differences, iMF loss, 1..N-step inference, rollout queues."""
+import functools
+import math
+import unittest
+from unittest import mock
+
+import torch
+
+from roboimi.vla.agent_imf import IMFVLAAgent
+from roboimi.vla.models.backbones.resnet_diffusion import ResNetDiffusionBackbone
+from roboimi.vla.models.heads.imf_transformer1d import IMFTransformer1D
+from tests.test_vla_agent import ACTION_DIM, CAMS, OBS_DIM, OBS_HORIZON, PRED_HORIZON, STATS, HeadCalls, make_batch, make_obs
+
+torch.set_num_threads(1)
+
+
+def make_imf_agent(image_size=32, causal_attn=False, **kwargs):
+    torch.manual_seed(0)
+    backbone = ResNetDiffusionBackbone(
+        input_shape=(image_size, image_size), camera_names=CAMS, spatial_softmax_num_keypoints=4
+    )
+    head = functools.partial(IMFTransformer1D, n_layer=1, n_head=2, n_kv_head=2, n_emb=16, causal_attn=causal_attn)
+    args = dict(
+        action_dim=ACTION_DIM,
+        obs_dim=OBS_DIM,
+        obs_horizon=OBS_HORIZON,
+        pred_horizon=PRED_HORIZON,
+        num_action_steps=3,
+        inference_steps=1,
+        camera_names=CAMS,
+        normalization_stats=STATS,
+    )
+    args.update(kwargs)
+    return IMFVLAAgent(backbone, head, **args)
+
+
+def seeded_loss(agent, batch, seed=0):
+    torch.manual_seed(seed)
+    return agent.compute_loss(batch)
+
+
+class TimeSamplerTest(unittest.TestCase):
+    def test_worked_example(self):
+        agent = make_imf_agent()
+        x = torch.zeros(4, PRED_HORIZON, ACTION_DIM)
+        draws = [torch.tensor([-1.0, 0.0, 1.0, 2.0]), torch.tensor([2.0, 1.0, 0.0, -1.0])]
+        with mock.patch("torch.randn", side_effect=draws):
+            t, r = agent._sample_tr(x)
+        torch.testing.assert_close(t, torch.tensor([0.19782, 0.40131, 0.64566, 0.83202]), atol=1e-5, rtol=0)
+        torch.testing.assert_close(r, torch.tensor([0.19782, 0.40131, 0.40131, 0.19782]), atol=1e-5, rtol=0)
+
+    def test_first_rows_have_r_equal_t(self):
+        agent = make_imf_agent()
+        torch.manual_seed(1)
+        t, r = agent._sample_tr(torch.zeros(7, PRED_HORIZON, ACTION_DIM, dtype=torch.float64))
+        self.assertEqual((t.dtype, r.dtype), (torch.float64, torch.float64))
+        self.assertTrue(torch.equal(t[:3], r[:3]))  # floor(7 * 0.5) = 3 rows
+        self.assertTrue((r[3:] < t[3:]).all())
+        self.assertTrue(((r > 0) & (t < 1)).all())
+
+    def test_broadcast_batch_time(self):
+        x = torch.zeros(3, PRED_HORIZON, ACTION_DIM)
+        flat, view = IMFVLAAgent._broadcast_batch_time(0.25, x)
+        self.assertEqual(flat.tolist(), [0.25] * 3)
+        self.assertEqual(tuple(view.shape), (3, 1, 1))
+        flat, view = IMFVLAAgent._broadcast_batch_time(torch.tensor([0.1, 0.2, 0.3]), x)
+        torch.testing.assert_close(view[:, 0, 0], torch.tensor([0.1, 0.2, 0.3]))
+
+
+class JvpTest(unittest.TestCase):
+    def setUp(self):
+        self.agent = make_imf_agent().double().eval()
+        with torch.no_grad():  # non-zero depth-mixing queries so every path of the head matters
+            for name, p in self.agent.noise_pred_net.named_parameters():
+                if name.endswith("pseudo_query"):
+                    p.normal_(0.0, 0.5)
+        g = torch.Generator().manual_seed(0)
+        self.z = torch.randn(2, PRED_HORIZON, ACTION_DIM, generator=g, dtype=torch.float64)
+        self.v = torch.randn(2, PRED_HORIZON, ACTION_DIM, generator=g, dtype=torch.float64)
+        self.cond = torch.randn(2, OBS_HORIZON, self.agent.cond_dim, generator=g, dtype=torch.float64)
+        self.r = torch.tensor([0.2, 0.4], dtype=torch.float64)
+        self.t = torch.tensor([0.7, 0.4], dtype=torch.float64)
+
+    def central_difference(self, dr, h=1e-5):
+        head = functools.partial(self.agent.noise_pred_net, cond=self.cond)
+        with torch.no_grad():
+            plus = head(self.z + h * self.v, self.r + h * dr, self.t + h)
+            minus = head(self.z - h * self.v, self.r - h * dr, self.t - h)
+        return (plus - minus) / (2 * h)
+
+    def test_matches_finite_difference_along_v_0_1(self):
+        u, du_dt = self.agent._compute_u_and_du_dt(self.z, self.r, self.t, self.v, self.cond)
+        with torch.no_grad():
+            torch.testing.assert_close(u, self.agent.noise_pred_net(self.z, self.r, self.t, self.cond))
+        torch.testing.assert_close(du_dt, self.central_difference(dr=0.0), atol=1e-8, rtol=1e-6)
+        # Moving r as well gives a different derivative, so the check pins the (v, 0, 1) tangent.
+        self.assertGreater((du_dt - self.central_difference(dr=1.0)).abs().max().item(), 1e-4)
+
+    def test_u_keeps_its_graph_and_du_dt_is_detached(self):
+        u, du_dt = self.agent._compute_u_and_du_dt(self.z, self.r, self.t, self.v, self.cond)
+        self.assertTrue(u.requires_grad)
+        self.assertFalse(du_dt.requires_grad)
+
+    def test_runs_on_cpu_in_train_mode_under_the_math_guard(self):
+        agent = make_imf_agent().train()
+        flash_enabled = []
+        hook = lambda *_: flash_enabled.append(torch.backends.cuda.flash_sdp_enabled())
+        agent.noise_pred_net.register_forward_pre_hook(hook)
+        z, v, cond = self.z.float(), self.v.float(), self.cond.float()
+        u, du_dt = agent._compute_u_and_du_dt(z, self.r.float(), self.t.float(), v, cond)
+        self.assertEqual(flash_enabled, [False])
+        self.assertTrue(torch.isfinite(u).all() and torch.isfinite(du_dt).all())
+        u.sum().backward()
+        self.assertGreater(agent.noise_pred_net.head.weight.grad.abs().sum().item(), 0)
+
+    def test_compound_velocity_stops_the_gradient_of_du_dt(self):
+        u = torch.ones(2, PRED_HORIZON, ACTION_DIM, requires_grad=True)
+        du_dt = torch.full((2, PRED_HORIZON, ACTION_DIM), 2.0, requires_grad=True)
+        velocity = self.agent._compound_velocity(u, du_dt, torch.tensor([0.5, 0.9]), torch.tensor([0.5, 0.4]))
+        torch.testing.assert_close(velocity[:, 0, 0], torch.tensor([1.0, 2.0]))  # 1 + (t - r) * 2
+        velocity.sum().backward()
+        self.assertIsNone(du_dt.grad)
+        torch.testing.assert_close(u.grad, torch.ones_like(u))
+
+
+class LossTest(unittest.TestCase):
+    def test_finite_scalar_with_gradients_on_head_and_backbone(self):
+        agent = make_imf_agent(image_size=64).train()  # 64 px: a 2x2 feature map, so the trunk gets gradient
+        loss = seeded_loss(agent, make_batch(batch=3, image_size=64))
+        self.assertEqual(loss.shape, ())
+        self.assertTrue(torch.isfinite(loss))
+        loss.backward()
+        head, encoder = agent.noise_pred_net, agent.vision_backbone.rgb_encoder[0]
+        for param in (head.input_emb.weight, head.cond_obs_emb.weight, encoder.out.weight, encoder.backbone[0].weight):
+            self.assertGreater(param.grad.abs().sum().item(), 0)
+
+    def test_padded_steps_do_not_change_the_loss(self):
+        # Causal attention keeps the padded tail out of the earlier steps' outputs, so only the loss mask
+        # decides whether the padded values count.
+        agent = make_imf_agent(causal_attn=True).train()
+        batch = make_batch()
+        batch["action_is_pad"][1, 4:] = True
+        base = seeded_loss(agent, batch).item()
+
+        padded_changed = dict(batch, action=batch["action"].clone())
+        padded_changed["action"][1, 4:] -= 50.0
+        self.assertEqual(seeded_loss(agent, padded_changed).item(), base)
+
+        real_changed = dict(batch, action=batch["action"].clone())
+        real_changed["action"][1, 1] -= 50.0
+        self.assertNotAlmostEqual(seeded_loss(agent, real_changed).item(), base, places=4)
+
+    def test_elementwise_losses(self):
+        error = torch.tensor([0.0, 1.0, 2.0])
+        torch.testing.assert_close(make_imf_agent()._elementwise_loss(error), torch.tensor([0.0, 1.0, 4.0]))
+        huber = make_imf_agent(loss_type="pseudo_huber")._elementwise_loss(error)
+        torch.testing.assert_close(huber, torch.tensor([0.0, math.sqrt(2) - 1, math.sqrt(5) - 1]))
+        wide = make_imf_agent(loss_type="pseudo_huber", pseudo_huber_delta=2.0)._elementwise_loss(error)
+        torch.testing.assert_close(wide[2], torch.tensor(4 * (math.sqrt(2) - 1)))
+
+    def test_pseudo_huber_is_below_mse_on_the_same_draws(self):
+        batch = make_batch()
+        mse = seeded_loss(make_imf_agent().train(), batch).item()
+        huber = seeded_loss(make_imf_agent(loss_type="pseudo_huber").train(), batch).item()
+        self.assertGreater(huber, 0.0)
+        self.assertLess(huber, mse / 2)  # pseudo-Huber <= error^2 / 2 elementwise
+
+    def test_unknown_loss_type_message(self):
+        with self.assertRaises(ValueError) as ctx:
+            make_imf_agent(loss_type="l1")
+        self.assertEqual(
+            str(ctx.exception), "Unsupported IMF-AttnRes loss_type: 'l1'. Allowed values: 'mse', 'pseudo_huber'."
+        )
+
+
+class InferenceTest(unittest.TestCase):
+    def test_one_step_is_one_head_call_from_noise_to_data(self):
+        agent = make_imf_agent(inference_steps=1).eval()
+        batch = make_batch(batch=3)
+        noise = torch.randn(3, PRED_HORIZON, ACTION_DIM)
+        recorder = HeadCalls(agent.noise_pred_net)
+        actions = agent.predict_action(batch, noise=noise)
+        self.assertEqual(len(recorder.calls), 1)
+        _, r, t, _ = recorder.calls[0]
+        self.assertEqual((r.tolist(), t.tolist()), ([0.0] * 3, [1.0] * 3))
+
+        with torch.no_grad():
+            cond = agent._build_cond(batch["images"], batch["qpos"])
+            expected = agent._unnormalize_action(noise - agent.noise_pred_net(noise, 0.0, 1.0, cond))
+        self.assertEqual(tuple(actions.shape), (3, PRED_HORIZON, ACTION_DIM))
+        torch.testing.assert_close(actions, expected)
+
+    def test_n_steps_walk_the_linspace_grid(self):
+        agent = make_imf_agent(inference_steps=4).eval()
+        recorder = HeadCalls(agent.noise_pred_net)
+        agent.predict_action(make_batch(batch=2))
+        pairs = [(args[2][0].item(), args[1][0].item()) for args in recorder.calls]  # (t, r)
+        self.assertEqual(len(pairs), 4)
+        for (t, r), (t_ref, r_ref) in zip(pairs, [(1.0, 0.75), (0.75, 0.5), (0.5, 0.25), (0.25, 0.0)]):
+            self.assertAlmostEqual(t, t_ref, places=6)
+            self.assertAlmostEqual(r, r_ref, places=6)
+
+    def test_two_steps_compose_mean_velocity_jumps(self):
+        agent = make_imf_agent(inference_steps=2).eval()
+        batch = make_batch(batch=2)
+        noise = torch.randn(2, PRED_HORIZON, ACTION_DIM)
+        with torch.no_grad():
+            cond = agent._build_cond(batch["images"], batch["qpos"])
+            head = agent.noise_pred_net
+            z_half = noise - 0.5 * head(noise, 0.5, 1.0, cond)
+            expected = agent._unnormalize_action(z_half - 0.5 * head(z_half, 0.0, 0.5, cond))
+        torch.testing.assert_close(agent.predict_action(batch, noise=noise), expected)
+
+    def test_one_step_defaults(self):
+        agent = make_imf_agent().eval()
+        z = torch.randn(2, PRED_HORIZON, ACTION_DIM)
+        cond = torch.randn(2, OBS_HORIZON, agent.cond_dim)
+        with torch.no_grad():
+            torch.testing.assert_close(agent._sample_one_step(z, cond), z - agent.noise_pred_net(z, 0.0, 1.0, cond))
+
+
+class QueueTest(unittest.TestCase):
+    def test_replans_every_num_action_steps_and_executes_the_current_window(self):
+        agent = make_imf_agent(inference_steps=1, num_action_steps=3).eval()
+        recorder = HeadCalls(agent.noise_pred_net)
+        agent.reset()
+        torch.manual_seed(5)
+        executed, calls_after = [], []
+        for step in range(5):
+            executed.append(agent.select_action(make_obs(step)))
+            calls_after.append(len(recorder.calls))
+        self.assertEqual(calls_after, [1, 1, 1, 2, 2])
+        self.assertEqual(tuple(executed[0].shape), (ACTION_DIM,))
+
+        agent.reset()
+        agent._populate_queues(make_obs(0))
+        batch = agent._prepare_observation_batch()
+        self.assertEqual(batch["qpos"][0, :, 0].tolist(), [0.0] * OBS_HORIZON)
+        torch.manual_seed(5)
+        chunk = agent.predict_action(batch)
+        torch.testing.assert_close(torch.stack(executed[:3]), chunk[0, OBS_HORIZON - 1 : OBS_HORIZON + 2])
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,176 @@
+"""Record scripted-expert demonstrations of a built-in task as ACT-layout HDF5 episodes.
+
+    python roboimi/demos/record_sim_episodes.py task=sim_transfer num_episodes=50 \
+        dataset_dir=data/sim_transfer image_size=[96,96] seed=0
+
+Episode i is attempted with seed `seed + i`; a failed attempt moves on to the next seed, so the episodes
+written carry consecutive successful seeds (stored in each file's attrs). Re-running the same command
+continues after the last complete episode.
+"""
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from roboimi.envs.scripted_policy import Demonstration, ScriptedDemonstrator  # noqa: E402  (sets MUJOCO_GL)
+from gym_aloha.constants import FPS  # noqa: E402
+
+DEFAULTS = {
+    "task": "sim_transfer",
+    "num_episodes": 50,
+    "dataset_dir": "data/sim_transfer",
+    "image_size": [96, 96],
+    "seed": 0,
+    "camera_names": ["r_vis", "top", "front"],
+    "compression": "gzip",
+    "save_failed": False,
+}
+COMPRESSION_OPTS = {"gzip": 1, "lzf": None}
+MAX_ATTEMPTS_PER_EPISODE = 3  # attempts allowed per requested episode before giving up
+EPISODE_FILE = re.compile(r"^episode_(\d+)\.hdf5$")
+TEMP_SUFFIX = ".tmp"
+
+
+def _fsync_path(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_episode(path: Path, demo: Demonstration, task: str, compression: str):
+    """Write `demo` to `path` atomically: a temporary file in the same directory, fsync, then rename."""
+    tmp = path.with_name(path.name + TEMP_SUFFIX)
+    with h5py.File(tmp, "w") as f:
+        f.attrs.update(sim=True, task=task, seed=demo.seed, success=demo.success, fps=FPS)
+        obs = f.create_group("observations")
+        obs.create_dataset("qpos", data=demo.qpos)  # (T, 14)
+        obs.create_dataset("qvel", data=demo.qvel)  # (T, 14)
+        obs.create_dataset("env_state", data=demo.env_state)  # (T, E)
+        images = obs.create_group("images")
+        for camera, frames in demo.images.items():  # (T, H, W, 3) uint8, one frame per chunk
+            images.create_dataset(
+                camera,
+                data=frames,
+                chunks=(1, *frames.shape[1:]),
+                compression=compression,
+                compression_opts=COMPRESSION_OPTS[compression],
+            )
+        f.create_dataset("action", data=demo.action)  # (T, 14)
+    _fsync_path(tmp)
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+def _resume_point(dataset_dir: Path, first_seed: int) -> tuple[int, int]:
+    """(episodes already complete, next seed to try); stray temporary files of an interrupted run are removed."""
+    for stray in dataset_dir.glob(f"*{TEMP_SUFFIX}"):
+        stray.unlink()
+    indices = {int(m.group(1)) for p in dataset_dir.iterdir() if (m := EPISODE_FILE.match(p.name))}
+    done = 0
+    while done in indices:
+        done += 1
+    if done == 0:
+        return 0, first_seed
+    with h5py.File(dataset_dir / f"episode_{done - 1}.hdf5", "r") as f:
+        return done, int(f.attrs["seed"]) + 1
+
+
+def record_episodes(
+    task: str,
+    num_episodes: int,
+    dataset_dir: str | Path,
+    image_size: Sequence[int] = (96, 96),
+    seed: int = 0,
+    camera_names: Sequence[str] = ("r_vis", "top", "front"),
+    compression: str = "gzip",
+    save_failed: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Write `num_episodes` successful expert episodes to `dataset_dir`/episode_<i>.hdf5 and summarize.
+
+    Failed attempts are counted and skipped (written to `dataset_dir`/failed/ when `save_failed`).
+    At most MAX_ATTEMPTS_PER_EPISODE attempts per missing episode are made.
+    """
+    if compression not in COMPRESSION_OPTS:
+        raise ValueError(f"compression must be one of {list(COMPRESSION_OPTS)}, got {compression!r}.")
+    if num_episodes < 0:
+        raise ValueError(f"num_episodes must be >= 0, got {num_episodes}.")
+    dataset_dir = Path(dataset_dir)
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    written, next_seed = _resume_point(dataset_dir, seed)
+    already_written = written
+    demonstrator = ScriptedDemonstrator(task, image_size=image_size, camera_names=camera_names)
+    max_attempts = MAX_ATTEMPTS_PER_EPISODE * max(num_episodes - written, 0)
+    attempts = failures = 0
+    start = time.perf_counter()
+    bar = tqdm(total=num_episodes, initial=written, desc=f"record {task}", unit="ep", disable=not progress)
+    while written < num_episodes and attempts < max_attempts:
+        demo = demonstrator.demonstrate(next_seed)
+        attempts += 1
+        if demo.success:
+            write_episode(dataset_dir / f"episode_{written}.hdf5", demo, task, compression)
+            written += 1
+            bar.update(1)
+        else:
+            failures += 1
+            if save_failed:
+                failed_dir = dataset_dir / "failed"
+                failed_dir.mkdir(exist_ok=True)
+                write_episode(failed_dir / f"episode_seed_{next_seed}.hdf5", demo, task, compression)
+        next_seed += 1
+        bar.set_postfix(attempts=attempts, failed=failures)
+    bar.close()
+    demonstrator.close()
+    return {
+        "task": task,
+        "dataset_dir": str(dataset_dir),
+        "episodes_written": written - already_written,
+        "episodes_total": written,
+        "attempts": attempts,
+        "failures": failures,
+        "expert_success_rate": (attempts - failures) / attempts if attempts else float("nan"),
+        "complete": written >= num_episodes,
+        "next_seed": next_seed,
+        "wall_s": time.perf_counter() - start,
+        "dataset_bytes": sum(p.stat().st_size for p in dataset_dir.glob("episode_*.hdf5")),
+    }
+
+
+def parse_config(argv: Sequence[str]) -> dict:
+    """Merge `key=value` overrides (OmegaConf dotlist syntax) onto DEFAULTS; unknown keys are an error."""
+    overrides = OmegaConf.from_dotlist(list(argv))
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise SystemExit(f"Unknown option(s) {unknown}; valid keys: {', '.join(DEFAULTS)} (usage: key=value).")
+    config = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(DEFAULTS), overrides))
+    if len(config["image_size"]) != 2:
+        raise SystemExit(f"image_size must be [height,width], got {config['image_size']}.")
+    return config
+
+
+def main(argv: Sequence[str]):
+    config = parse_config(argv)
+    summary = record_episodes(**config)
+    status = "" if summary["complete"] else f" (stopped after {summary['attempts']} attempts: too many failures)"
+    print(
+        f"{summary['episodes_written']} episodes written to {summary['dataset_dir']} "
+        f"({summary['episodes_total']} in total){status}; attempts: {summary['attempts']}, "
+        f"expert success rate: {summary['expert_success_rate']:.1%}, {summary['wall_s']:.0f} s, "
+        f"{summary['dataset_bytes'] / 2**20:.1f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

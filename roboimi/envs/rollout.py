@@ -1,0 +1,186 @@
+"""The rollout evaluator shared by training-time validation and eval_vla.py (base_stack spec §8).
+
+A policy exposes `reset()` and `select_action(obs) -> (action_dim,)` (numpy array or torch tensor), where
+obs = {"qpos": (S,), "qvel": (S,), "env_state": (E,), "images": {cam: (H, W, 3) uint8}}. It may report
+its own preprocessing time per call in `policy.last_preprocess_ms`; that part is then split out of
+`inference_ms`.
+"""
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import imageio.v2 as imageio
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from roboimi.envs.registry import make_env
+from roboimi.envs.sim_env import InvalidActionError, check_action
+
+TIMING_KEYS = ("obs_read_ms", "preprocess_ms", "inference_ms", "env_step_ms", "loop_total_ms")
+GIF_FRAME_MS = 20  # one frame per 50 Hz control step: the GIF plays in real time
+
+
+def _to_numpy(action) -> np.ndarray:
+    if torch.is_tensor(action):
+        return action.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(action, dtype=np.float64)
+
+
+def gif_bytes(frames: Sequence[np.ndarray]) -> bytes:
+    """Animated GIF of (H, W, 3) uint8 frames, looping."""
+    images = [Image.fromarray(frame) for frame in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=GIF_FRAME_MS, loop=0)
+    return buffer.getvalue()
+
+
+def _mean(values) -> float:
+    return float(np.mean(values)) if len(values) else 0.0
+
+
+def _run_episode(env, policy, seed: int, max_timesteps: int, video_camera: str | None) -> dict:
+    """Roll out one episode; returns its record, including per-step timings, EE path, actions and frames."""
+
+    def video_frame(obs):
+        return obs["images"][video_camera] if video_camera in obs["images"] else env.render(video_camera)
+
+    policy.reset()
+    obs = env.reset(seed)
+    has_ee = hasattr(env, "end_effector_positions")
+    ee_path = [env.end_effector_positions()] if has_ee else []
+    frames = [video_frame(obs)] if video_camera else []
+    timings = {key: [] for key in TIMING_KEYS}
+    rewards, actions = [], []
+    aborted = None
+    # Envs that render inside reset/step report that time as `last_observe_ms`; it is split out of the step.
+    obs_ms = getattr(env, "last_observe_ms", 0.0)
+    for _ in range(max_timesteps):
+        policy_start = time.perf_counter()
+        action = policy.select_action(obs)
+        policy_ms = (time.perf_counter() - policy_start) * 1e3
+        preprocess_ms = float(getattr(policy, "last_preprocess_ms", 0.0) or 0.0)
+        try:
+            action = check_action(_to_numpy(action), env.action_dim)
+        except InvalidActionError as error:
+            aborted = str(error)
+            break
+        step_start = time.perf_counter()
+        obs, reward, _ = env.step(action)
+        step_ms = (time.perf_counter() - step_start) * 1e3
+        next_obs_ms = getattr(env, "last_observe_ms", 0.0)
+        timings["obs_read_ms"].append(obs_ms)
+        timings["preprocess_ms"].append(preprocess_ms)
+        timings["inference_ms"].append(policy_ms - preprocess_ms)
+        timings["env_step_ms"].append(step_ms - next_obs_ms)
+        timings["loop_total_ms"].append(obs_ms + policy_ms + step_ms - next_obs_ms)
+        obs_ms = next_obs_ms
+        rewards.append(reward)
+        actions.append(action)
+        if has_ee:
+            ee_path.append(env.end_effector_positions())
+        if video_camera:
+            frames.append(video_frame(obs))
+    max_reward = max(rewards, default=0.0)
+    return {
+        "seed": seed,
+        "return": float(sum(rewards)),
+        "max_reward": float(max_reward),
+        "success": aborted is None and max_reward >= env.max_reward,
+        "steps": len(rewards),
+        "aborted": aborted,
+        "timings": timings,
+        "ee_path": np.asarray(ee_path),  # (steps + 1, 2, 3): left, right gripper link positions
+        "actions": np.asarray(actions).reshape(len(actions), env.action_dim),  # (steps, action_dim)
+        "frames": frames,
+    }
+
+
+def evaluate_policy(
+    policy,
+    task: str,
+    num_episodes: int,
+    seed: int = 1000,
+    image_size: Sequence[int] = (96, 96),
+    camera_names: Sequence[str] = ("r_vis", "top", "front"),
+    max_timesteps: int | None = None,
+    output_dir: str | Path | None = None,
+    record_video: bool = False,
+    video_camera: str = "front",
+    trajectory_image: bool = True,
+    trajectory_camera: str = "front",
+    progress: bool = True,
+) -> dict:
+    """Roll `policy` out for `num_episodes` episodes of `task` (episode i uses seed `seed + i`).
+
+    Returns the summary: success_rate, mean_return, mean_max_reward, num_episodes, mean_inference_ms, the
+    per-step timing means (ms) and per-episode entries; with `output_dir`, also the artifact paths
+    (summary.json, trajectory_<i>.npz/.png, and episode_<i>.gif/.mp4 when `record_video`).
+    """
+    if num_episodes < 1:
+        raise ValueError(f"num_episodes must be >= 1, got {num_episodes}.")
+    env = make_env(task, image_size=image_size, camera_names=camera_names)
+    max_timesteps = env.episode_len if max_timesteps is None else int(max_timesteps)
+    for camera, wanted in ((video_camera, record_video), (trajectory_camera, trajectory_image and output_dir)):
+        if wanted and camera not in env.available_cameras:
+            raise ValueError(f"Unknown camera {camera!r}; available cameras: {', '.join(env.available_cameras)}.")
+    out = Path(output_dir) if output_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    artifacts = {"trajectory_data": [], "trajectory_images": [], "videos": []}
+
+    was_training = getattr(policy, "training", None)
+    if hasattr(policy, "eval"):
+        policy.eval()
+    episodes, timings = [], {key: [] for key in TIMING_KEYS}
+    bar = tqdm(range(num_episodes), desc=f"rollout {task}", unit="ep", disable=not progress)
+    with torch.no_grad():
+        for i in bar:
+            record = _run_episode(env, policy, seed + i, max_timesteps, video_camera if record_video else None)
+            for key in TIMING_KEYS:
+                timings[key].extend(record["timings"][key])
+            if out is not None:
+                _write_artifacts(env, out, i, record, trajectory_image, trajectory_camera, artifacts)
+            episodes.append({key: record[key] for key in ("seed", "return", "max_reward", "success", "steps", "aborted")})
+            bar.set_postfix(success=f"{sum(e['success'] for e in episodes)}/{len(episodes)}")
+    if hasattr(policy, "train") and was_training is not None:
+        policy.train(was_training)
+    policy.reset()
+    env.close()
+
+    summary = {
+        "task": task,
+        "num_episodes": num_episodes,
+        "seed": seed,
+        "max_timesteps": max_timesteps,
+        "success_rate": _mean([e["success"] for e in episodes]),
+        "mean_return": _mean([e["return"] for e in episodes]),
+        "mean_max_reward": _mean([e["max_reward"] for e in episodes]),
+        "mean_inference_ms": _mean(timings["inference_ms"]),
+        **{key: _mean(values) for key, values in timings.items()},
+        "episodes": episodes,
+    }
+    if out is not None:
+        summary.update(artifacts, summary_path=str(out / "summary.json"))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _write_artifacts(env, out: Path, i: int, record: dict, trajectory_image: bool, camera: str, artifacts: dict):
+    npz_path = out / f"trajectory_{i}.npz"
+    np.savez(npz_path, ee_positions=record["ee_path"], actions=record["actions"], seed=record["seed"])
+    artifacts["trajectory_data"].append(str(npz_path))
+    if trajectory_image and hasattr(env, "render_trajectory_image") and len(record["ee_path"]):
+        paths = [record["ee_path"][:, arm] for arm in range(record["ee_path"].shape[1])]
+        png_path = out / f"trajectory_{i}.png"
+        Image.fromarray(env.render_trajectory_image(paths, camera)).save(png_path)
+        artifacts["trajectory_images"].append(str(png_path))
+    if record["frames"]:
+        gif_path, mp4_path = out / f"episode_{i}.gif", out / f"episode_{i}.mp4"
+        gif_path.write_bytes(gif_bytes(record["frames"]))
+        imageio.mimwrite(mp4_path, record["frames"], fps=round(1000 / GIF_FRAME_MS))
+        artifacts["videos"].extend([str(gif_path), str(mp4_path)])

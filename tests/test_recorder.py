@@ -1,0 +1,63 @@
+"""Expert episode recorder: ACT-layout files, consistent lengths, atomic writes and resuming."""
+
+import tempfile
+import unittest
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from roboimi.demos.record_sim_episodes import parse_config, record_episodes
+
+
+class RecorderTest(unittest.TestCase):
+    def test_writes_act_layout_and_resumes(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "sim_transfer"
+            kwargs = dict(task="sim_transfer", dataset_dir=out, image_size=(16, 20), camera_names=("top",), progress=False)
+            summary = record_episodes(num_episodes=1, seed=5, **kwargs)
+            self.assertEqual((summary["episodes_written"], summary["attempts"], summary["failures"]), (1, 1, 0))
+            self.assertEqual(summary["expert_success_rate"], 1.0)
+
+            # An interrupted run: a half-written temporary file of the next episode remains.
+            first_mtime = (out / "episode_0.hdf5").stat().st_mtime_ns
+            (out / "episode_1.hdf5.tmp").write_bytes(b"partial")
+            summary = record_episodes(num_episodes=2, seed=5, **kwargs)
+            self.assertEqual((summary["episodes_written"], summary["episodes_total"], summary["attempts"]), (1, 2, 1))
+            self.assertEqual(sorted(p.name for p in out.iterdir()), ["episode_0.hdf5", "episode_1.hdf5"])
+            self.assertEqual((out / "episode_0.hdf5").stat().st_mtime_ns, first_mtime)
+
+            for index, seed in ((0, 5), (1, 6)):  # the seed sequence continues after episode 0
+                with h5py.File(out / f"episode_{index}.hdf5", "r") as f:
+                    self.assertEqual(dict(f.attrs), {"sim": True, "task": "sim_transfer", "seed": seed, "success": True, "fps": 50})
+                    self.assertEqual(f["observations/qpos"].shape, (400, 14))
+                    self.assertEqual(f["observations/qvel"].shape, (400, 14))
+                    self.assertEqual(f["observations/env_state"].shape, (400, 7))
+                    self.assertEqual(f["action"].shape, (400, 14))
+                    self.assertEqual(list(f["observations/images"]), ["top"])
+                    images = f["observations/images/top"]
+                    self.assertEqual((images.shape, images.dtype, images.chunks), ((400, 16, 20, 3), np.uint8, (1, 16, 20, 3)))
+                    self.assertEqual((images.compression, images.compression_opts), ("gzip", 1))
+                    self.assertGreater(images[0].std(), 1.0)  # a rendered scene, not a blank frame
+
+            # Nothing left to do when all requested episodes exist.
+            summary = record_episodes(num_episodes=2, seed=5, **kwargs)
+            self.assertEqual((summary["episodes_written"], summary["attempts"]), (0, 0))
+
+    def test_rejects_unknown_compression(self):
+        with tempfile.TemporaryDirectory() as tmp, self.assertRaisesRegex(ValueError, "gzip"):
+            record_episodes("sim_transfer", 1, tmp, compression="zstd")
+
+
+class ConfigTest(unittest.TestCase):
+    def test_overrides(self):
+        config = parse_config(["task=sim_insertion", "num_episodes=3", "image_size=[32,48]", "camera_names=[top]"])
+        self.assertEqual(config["task"], "sim_insertion")
+        self.assertEqual(config["num_episodes"], 3)
+        self.assertEqual(config["image_size"], [32, 48])
+        self.assertEqual(config["camera_names"], ["top"])
+        self.assertEqual((config["seed"], config["compression"], config["save_failed"]), (0, "gzip", False))
+
+    def test_unknown_key_lists_valid_keys(self):
+        with self.assertRaisesRegex(SystemExit, "num_episodes"):
+            parse_config(["episodes=3"])

@@ -1,0 +1,155 @@
+"""Rollout evaluator: success bookkeeping against the task reward, artifacts, aborts and policy mode."""
+
+import json
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from roboimi.envs import evaluate_policy
+from roboimi.envs.scripted_policy import ScriptedDemonstrator
+
+TIMING_KEYS = ("obs_read_ms", "preprocess_ms", "inference_ms", "env_step_ms", "loop_total_ms")
+
+
+class ReplayPolicy:
+    """Plays back one joint trajectory per episode (the scripted expert's, planned for the same seed)."""
+
+    def __init__(self, trajectories):
+        self.trajectories = trajectories
+        self.episode = -1
+
+    def reset(self):
+        self.episode += 1
+        self.t = 0
+
+    def select_action(self, obs):
+        action = self.trajectories[self.episode % len(self.trajectories)][self.t]
+        self.t += 1
+        return torch.as_tensor(action, dtype=torch.float32)
+
+
+class HoldPolicy:
+    """Commands the current joint positions: the arms stay put and never touch the object."""
+
+    def reset(self):
+        pass
+
+    def select_action(self, obs):
+        return obs["qpos"].copy()
+
+
+class RandomJointPolicy:
+    """Uniform random joint targets within +-1 rad and random gripper commands."""
+
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self):
+        pass
+
+    def select_action(self, obs):
+        action = self.rng.uniform(-1.0, 1.0, 14)
+        action[[6, 13]] = self.rng.uniform(0.0, 1.0, 2)
+        return action
+
+
+class FaultyPolicy(torch.nn.Module):
+    """Episode 0: wrong shape at step 3; episode 1: NaN at step 2; later episodes: hold position."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.episode = -1
+        self.modes_seen = set()
+
+    def reset(self):
+        self.episode += 1
+        self.t = 0
+
+    def select_action(self, obs):
+        self.modes_seen.add((self.training, torch.is_grad_enabled()))
+        self.t += 1
+        if self.episode == 0 and self.t == 3:
+            return torch.zeros(1, 16)
+        if self.episode == 1 and self.t == 2:
+            return torch.full((14,), float("nan"))
+        return torch.as_tensor(obs["qpos"])
+
+
+class EvaluatorTest(unittest.TestCase):
+    def test_success_agrees_with_task_reward(self):
+        expert = ScriptedDemonstrator("sim_transfer", camera_names=())
+        trajectory, _ = expert.joint_trajectory(1000)
+        expert.close()
+        summary = evaluate_policy(ReplayPolicy([trajectory]), "sim_transfer", 1, seed=1000, camera_names=(), trajectory_image=False, progress=False)
+        episode = summary["episodes"][0]
+        self.assertEqual((episode["seed"], episode["steps"], episode["max_reward"], episode["success"]), (1000, 400, 4.0, True))
+        self.assertEqual(summary["success_rate"], 1.0)
+        self.assertEqual(summary["mean_max_reward"], 4.0)
+        self.assertGreater(summary["mean_return"], 4.0)
+
+        summary = evaluate_policy(HoldPolicy(), "sim_transfer", 1, seed=1000, max_timesteps=50, camera_names=(), progress=False)
+        self.assertEqual((summary["success_rate"], summary["mean_return"], summary["mean_max_reward"]), (0.0, 0.0, 0.0))
+        self.assertEqual(summary["episodes"][0]["steps"], 50)
+
+    def test_random_policy_does_not_succeed(self):
+        summary = evaluate_policy(RandomJointPolicy(0), "sim_insertion", 2, max_timesteps=150, camera_names=(), progress=False)
+        self.assertEqual(summary["success_rate"], 0.0)
+        self.assertEqual([e["seed"] for e in summary["episodes"]], [1000, 1001])
+        self.assertLess(summary["mean_max_reward"], 4.0)
+
+    def test_artifacts(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = evaluate_policy(
+                HoldPolicy(), "sim_transfer", 2, seed=3, image_size=(32, 32), camera_names=("top",), max_timesteps=12,
+                output_dir=tmp, record_video=True, progress=False,
+            )
+            out = Path(tmp)
+            on_disk = json.loads((out / "summary.json").read_text())
+            self.assertEqual(on_disk["num_episodes"], 2)
+            self.assertEqual(on_disk["episodes"], summary["episodes"])
+            for key in ("success_rate", "mean_return", "mean_max_reward", "mean_inference_ms", *TIMING_KEYS):
+                self.assertIn(key, on_disk)
+            self.assertGreater(summary["obs_read_ms"], 0.0)  # the top camera is rendered every step
+            self.assertEqual(summary["preprocess_ms"], 0.0)
+            self.assertGreaterEqual(summary["loop_total_ms"], summary["inference_ms"] + summary["env_step_ms"])
+            self.assertEqual(summary["trajectory_images"], [str(out / "trajectory_0.png"), str(out / "trajectory_1.png")])
+
+            data = np.load(out / "trajectory_1.npz")
+            self.assertEqual(data["ee_positions"].shape, (13, 2, 3))
+            self.assertEqual(data["actions"].shape, (12, 14))
+            self.assertEqual(int(data["seed"]), 4)
+            # Holding still: the grippers stay at their start positions on either side of the table centre.
+            self.assertLess(data["ee_positions"][:, 0, 0].max(), -0.25)
+            self.assertGreater(data["ee_positions"][:, 1, 0].min(), 0.25)
+
+            self.assertEqual(Image.open(out / "trajectory_0.png").size, (32, 32))
+            gif = Image.open(out / "episode_0.gif")
+            self.assertEqual(gif.n_frames, 13)  # the reset frame plus one per step
+            self.assertGreater((out / "episode_0.mp4").stat().st_size, 0)
+            self.assertIn(str(out / "episode_1.mp4"), summary["videos"])
+
+    def test_bad_actions_abort_only_their_episode(self):
+        policy = FaultyPolicy()
+        summary = evaluate_policy(policy, "sim_transfer", 3, max_timesteps=10, camera_names=(), trajectory_image=False, progress=False)
+        first, second, third = summary["episodes"]
+        self.assertEqual((first["steps"], first["success"]), (2, False))
+        self.assertIn("shape (1, 16)", first["aborted"])
+        self.assertEqual((second["steps"], second["success"]), (1, False))
+        self.assertIn("non-finite", second["aborted"])
+        self.assertEqual((third["steps"], third["aborted"]), (10, None))
+        # Evaluated in eval mode without gradients; the training mode is restored afterwards.
+        self.assertEqual(policy.modes_seen, {(False, False)})
+        self.assertTrue(policy.training)
+
+    def test_unknown_task_and_camera(self):
+        with self.assertRaisesRegex(ValueError, "sim_transfer"):
+            evaluate_policy(HoldPolicy(), "sim_nothing", 1, progress=False)
+        with self.assertRaisesRegex(ValueError, "r_vis"):
+            evaluate_policy(HoldPolicy(), "sim_transfer", 1, camera_names=("eye",), progress=False)
+        with self.assertRaisesRegex(ValueError, "front_close"):
+            evaluate_policy(HoldPolicy(), "sim_transfer", 1, camera_names=(), record_video=True, video_camera="side", progress=False)

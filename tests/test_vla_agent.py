@@ -47,13 +47,14 @@ def make_agent(stats=STATS, backbone_cams=CAMS, image_size=32, **kwargs):
 
 def make_batch(batch=2, image_size=32, seed=0):
     g = torch.Generator().manual_seed(seed)
+    low, high = torch.from_numpy(STATS["action_min"]), torch.from_numpy(STATS["action_max"])
     return {
         "images": {
             cam: torch.randint(0, 256, (batch, OBS_HORIZON, 3, image_size, image_size), generator=g, dtype=torch.uint8)
             for cam in CAMS
         },
         "qpos": torch.rand(batch, OBS_HORIZON, OBS_DIM, generator=g) * 10,
-        "action": 10 + 10 * torch.rand(batch, PRED_HORIZON, ACTION_DIM, generator=g),
+        "action": low + (high - low) * torch.rand(batch, PRED_HORIZON, ACTION_DIM, generator=g),
         "action_is_pad": torch.zeros(batch, PRED_HORIZON, dtype=torch.bool),
     }
 
@@ -231,6 +232,7 @@ class QueueTest(unittest.TestCase):
             self.assertEqual(action.dtype, torch.float32)
             self.assertEqual(action.device.type, "cpu")
             self.assertEqual(tuple(action.shape), (ACTION_DIM,))
+            self.assertGreater(agent.last_preprocess_ms, 0.0)
             executed.append(action)
             calls_after.append(len(recorder.calls))
         # Two DDIM calls per plan; plans at steps 0, 3 and 6.

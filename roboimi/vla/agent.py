@@ -3,6 +3,7 @@
 The baseline policy trains its head as a DDPM noise predictor and samples with DDIM. Rollouts go through
 `select_action`, which keeps observation and action queues (observation history in, action chunk out).
 """
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
@@ -162,9 +163,10 @@ class VLAAgent(nn.Module):
 
     def _masked_mean(self, elementwise: torch.Tensor, action_is_pad: torch.Tensor | None) -> torch.Tensor:
         """Mean of a (B, pred_horizon, action_dim) loss over the real (non-padded) action steps."""
+        elementwise = elementwise.float()  # reduce in float32 also under bf16 autocast
         if action_is_pad is None:
             return elementwise.mean()
-        mask = (~action_is_pad.to(self._device))[..., None].to(elementwise.dtype)  # (B, pred_horizon, 1)
+        mask = (~action_is_pad.to(self._device))[..., None].float()  # (B, pred_horizon, 1)
         return (elementwise * mask).sum() / torch.clamp(mask.sum() * self.action_dim, min=1)
 
     def compute_loss(self, batch: Mapping) -> torch.Tensor:
@@ -216,6 +218,7 @@ class VLAAgent(nn.Module):
             "images": {cam: deque(maxlen=self.obs_horizon) for cam in self.camera_names},
             "action": deque(maxlen=self.num_action_steps),
         }
+        self.last_preprocess_ms = 0.0
 
     def _populate_queues(self, obs: Mapping) -> None:
         """Append one env observation; right after reset it fills the whole history (repeated first frame)."""
@@ -251,10 +254,17 @@ class VLAAgent(nn.Module):
 
     def select_action(self, obs: Mapping) -> torch.Tensor:
         """One env step: obs {'qpos': (obs_dim,), 'images': {cam: uint8 (H, W, 3)}} -> action (action_dim,)
-        float32 on CPU. Re-plans every `num_action_steps` calls."""
+        float32 on CPU. Re-plans every `num_action_steps` calls.
+
+        `last_preprocess_ms` reports the queueing and batching time, which the rollout evaluator splits out
+        of the inference time.
+        """
+        start = time.perf_counter()
         self._populate_queues(obs)
-        if not self._queues["action"]:
-            chunk = self.predict_action(self._prepare_observation_batch())  # (1, pred_horizon, A)
-            start = self.obs_horizon - 1  # index of the current step in the chunk
-            self._queues["action"].extend(chunk[0, start : start + self.num_action_steps])
+        batch = self._prepare_observation_batch() if not self._queues["action"] else None
+        self.last_preprocess_ms = (time.perf_counter() - start) * 1e3
+        if batch is not None:
+            chunk = self.predict_action(batch)  # (1, pred_horizon, A)
+            current = self.obs_horizon - 1  # index of the current step in the chunk
+            self._queues["action"].extend(chunk[0, current : current + self.num_action_steps])
         return self._queues["action"].popleft().float().cpu()

@@ -211,6 +211,17 @@ class QueueTest(unittest.TestCase):
         self.assertEqual(batch["qpos"][0, :, 0].tolist(), [8.0, 9.0])
         self.assertEqual(batch["images"]["front"][0, :, 1, 5, 5].tolist(), [8, 9])
 
+    def test_flipped_frames_are_accepted(self):
+        agent = make_agent()
+        agent.reset()
+        frame = (np.arange(32 * 32 * 3) % 251).astype(np.uint8).reshape(32, 32, 3)
+        obs = make_obs(0)
+        obs["images"] = {cam: frame[::-1] for cam in CAMS}  # negative-stride view, as from a flipped render
+        agent._populate_queues(obs)
+        images = agent._prepare_observation_batch()["images"]
+        expected = torch.from_numpy(frame[::-1].copy()).permute(2, 0, 1)
+        self.assertTrue(torch.equal(images["top"][0, 1], expected))
+
     def test_images_are_resized_to_the_training_size(self):
         agent = make_agent()
         agent.reset()

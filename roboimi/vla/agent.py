@@ -7,6 +7,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
@@ -229,7 +230,8 @@ class VLAAgent(nn.Module):
                 f"obs['qpos'] has shape {tuple(qpos.shape)}; the agent expects ({self.obs_dim},) (obs_dim). "
                 "Check that the environment matches the training data."
             )
-        frames = {cam: torch.as_tensor(obs["images"][cam]) for cam in self.camera_names}
+        # Rendered frames are often flipped views (negative strides), which torch cannot wrap.
+        frames = {cam: torch.as_tensor(np.ascontiguousarray(obs["images"][cam])) for cam in self.camera_names}
         for cam, frame in frames.items():
             if frame.dtype != torch.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
                 raise ValueError(

@@ -24,5 +24,9 @@ setup(
         "tqdm",
         "pillow",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest"],
+        # Plots of the policy comparison (benchmarks/compare_policies.sh).
+        "bench": ["matplotlib==3.11.2"],
+    },
 )

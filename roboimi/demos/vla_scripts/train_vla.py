@@ -113,7 +113,11 @@ class Trainer:
         self.loss_model = AgentLoss(self.agent)
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.loss_model = torch.nn.parallel.DistributedDataParallel(self.loss_model, device_ids=device_ids)
+            # find_unused_parameters: the heads' `_dummy_variable` (checkpoint layout) never takes part in the
+            # forward; without it DDP waits forever for that parameter's bucket and silently skips its all-reduce.
+            self.loss_model = torch.nn.parallel.DistributedDataParallel(
+                self.loss_model, device_ids=device_ids, find_unused_parameters=True
+            )
         self.optimizer = build_optimizer(self.agent, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay)
         self.lr_scheduler = build_lr_scheduler(self.optimizer, cfg.train)
         self.trainable_params = [p for p in self.agent.parameters() if p.requires_grad]

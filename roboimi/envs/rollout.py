@@ -107,6 +107,7 @@ def evaluate_policy(
     seed: int = 1000,
     image_size: Sequence[int] = (96, 96),
     camera_names: Sequence[str] = ("r_vis", "top", "front"),
+    shadows: bool = False,
     max_timesteps: int | None = None,
     output_dir: str | Path | None = None,
     record_video: bool = False,
@@ -123,7 +124,7 @@ def evaluate_policy(
     """
     if num_episodes < 1:
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}.")
-    env = make_env(task, image_size=image_size, camera_names=camera_names)
+    env = make_env(task, image_size=image_size, camera_names=camera_names, shadows=shadows)
     max_timesteps = env.episode_len if max_timesteps is None else int(max_timesteps)
     for camera, wanted in ((video_camera, record_video), (trajectory_camera, trajectory_image and output_dir)):
         if wanted and camera not in env.available_cameras:

@@ -1,0 +1,110 @@
+"""How many control steps per second does a rollout of the built-in simulation run?
+
+Each row rolls out one episode prefix through the real evaluator (`roboimi.envs.evaluate_policy`) with the
+3 RoboIMI cameras (r_vis, top, front) rendered every step, at 96x96 and 240x320, shadows off and on, and
+breaks one loop iteration down into observation read (state + rendering), policy and physics time.
+Policies: "hold" (commands the current joint positions: the loop without inference) and "agent" (a tiny
+VLAAgent from the Hydra configs, DDIM, re-planning every num_action_steps; a small torch stand-in when the
+agent cannot be built).
+
+    python benchmarks/rollout_throughput.py
+    python benchmarks/rollout_throughput.py --steps 100 --task sim_insertion
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from roboimi.envs import evaluate_policy  # noqa: E402  (sets MUJOCO_GL before mujoco is imported)
+
+CAMERAS = ("r_vis", "top", "front")
+IMAGE_SIZES = ((96, 96), (240, 320))
+AGENT_IMAGE_SIZE = 96  # the agent resizes larger camera images to its training size, as in a real rollout
+
+
+class HoldPolicy:
+    def reset(self):
+        pass
+
+    def select_action(self, obs):
+        return obs["qpos"]
+
+
+class ConvStandIn(torch.nn.Module):
+    """Stand-in for a visuomotor policy: a small CNN over every camera, each step, -> 14-dim action."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 5, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, stride=2),
+            torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        )
+        self.head = torch.nn.Linear(32 * len(CAMERAS) + 14, 14)
+
+    def reset(self):
+        pass
+
+    def select_action(self, obs):
+        images = torch.stack([torch.as_tensor(obs["images"][cam]) for cam in CAMERAS]).permute(0, 3, 1, 2)
+        features = self.encoder(images.float() / 255).flatten()  # (3 * 32,)
+        return self.head(torch.cat([features, torch.as_tensor(obs["qpos"], dtype=torch.float32)]))
+
+
+def build_policy() -> tuple[torch.nn.Module, str]:
+    """A tiny VLAAgent (n_emb 64, 2 layers, 10 DDIM steps, 96x96) or, if it cannot be built, the stand-in."""
+    try:
+        from benchmarks.common import build_agent
+
+        args = argparse.Namespace(n_emb=64, n_layer=2, n_head=2, image_size=AGENT_IMAGE_SIZE, obs_horizon=2, pred_horizon=16)
+        return build_agent("ddpm", args, torch.device("cpu")), "VLAAgent (tiny, DDIM 10)"
+    except Exception as error:  # the agent stack is optional for this benchmark
+        print(f"VLAAgent unavailable ({type(error).__name__}: {error}); using a small CNN stand-in")
+        return ConvStandIn(), "CNN stand-in"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="sim_transfer")
+    parser.add_argument("--steps", type=int, default=96, help="control steps per row")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    agent, agent_name = build_policy()
+    # Warm-up: the first forward passes allocate and pick kernels; keep them out of the table.
+    evaluate_policy(agent, args.task, 1, camera_names=CAMERAS, max_timesteps=2, trajectory_image=False, progress=False)
+
+    rows = []
+    for height, width in IMAGE_SIZES:
+        for shadows in (False, True):
+            for policy_name, policy in (("hold", HoldPolicy()), ("agent", agent)):
+                summary = evaluate_policy(
+                    policy, args.task, 1, image_size=(height, width), camera_names=CAMERAS, shadows=shadows,
+                    max_timesteps=args.steps, trajectory_image=False, progress=False,
+                )
+                rows.append((f"{height}x{width}", "on" if shadows else "off", policy_name, summary))
+
+    print(f"\n{args.task}, 3 cameras {CAMERAS}, {args.steps} steps per row; agent = {agent_name}")
+    print(f"{'image':>8} {'shadows':>7} {'policy':>6} {'steps/s':>8} {'obs_read':>9} {'inference':>9} {'physics':>8} {'loop':>8}  (ms/step)")
+    for size, shadows, policy_name, s in rows:
+        print(
+            f"{size:>8} {shadows:>7} {policy_name:>6} {1e3 / s['loop_total_ms']:8.1f} {s['obs_read_ms']:9.1f} "
+            f"{s['preprocess_ms'] + s['inference_ms']:9.1f} {s['env_step_ms']:8.2f} {s['loop_total_ms']:8.1f}"
+        )
+    hold = {(size, shadows): 1e3 / s["loop_total_ms"] for size, shadows, p, s in rows if p == "hold"}
+    with_agent = np.mean([1e3 / s["loop_total_ms"] for size, shadows, p, s in rows if p == "agent" and shadows == "off"])
+    print(
+        "summary: env steps/s with 3 cameras, shadows off/on: "
+        + ", ".join(f"{size} {hold[(size, 'off')]:.1f}/{hold[(size, 'on')]:.1f}" for size in dict.fromkeys(r[0] for r in rows))
+        + f"; with {agent_name}, shadows off, mean over sizes {with_agent:.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

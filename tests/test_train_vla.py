@@ -9,8 +9,7 @@ import torch
 
 from roboimi.demos.vla_scripts.train_vla import Trainer
 from roboimi.vla.checkpoint import load_checkpoint, save_checkpoint
-from tests.synthetic_episodes import write_dataset
-from tests.tiny_config import compose_tiny
+from tests.tiny_config import TinyDatasetTestCase, compose_tiny
 
 
 def read_losses(run_dir: Path) -> dict[int, float]:
@@ -18,17 +17,7 @@ def read_losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in map(json.loads, lines) if "train/loss" in r}
 
 
-class TrainVLATest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        torch.set_num_threads(1)
-        cls.tmp = tempfile.TemporaryDirectory()
-        cls.data_dir = Path(cls.tmp.name) / "data"
-        write_dataset(cls.data_dir, lengths=(12, 14), image_size=(32, 32))
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
+class TrainVLATest(TinyDatasetTestCase):
 
     def run_dir(self, name: str) -> Path:
         return Path(self.tmp.name) / name

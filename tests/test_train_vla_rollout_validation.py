@@ -1,14 +1,11 @@
 """Periodic rollout validation wiring of train_vla: epoch frequency, on-checkpoint flag, episode count."""
 import json
-import tempfile
 import unittest
 from pathlib import Path
 
-import torch
 
 from roboimi.demos.vla_scripts.train_vla import Trainer
-from tests.synthetic_episodes import write_dataset
-from tests.tiny_config import compose_tiny
+from tests.tiny_config import TinyDatasetTestCase, compose_tiny
 
 # 2 episodes x 6 frames at batch 2 -> 6 optimizer steps per epoch.
 STEPS_PER_EPOCH = 6
@@ -20,17 +17,8 @@ def rollout_steps(run_dir: Path) -> list[int]:
     return [r["step"] for r in map(json.loads, lines) if "rollout/success_rate" in r]
 
 
-class RolloutValidationTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        torch.set_num_threads(1)
-        cls.tmp = tempfile.TemporaryDirectory()
-        cls.data_dir = Path(cls.tmp.name) / "data"
-        write_dataset(cls.data_dir, lengths=(6, 6), image_size=(32, 32))
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
+class RolloutValidationTest(TinyDatasetTestCase):
+    EPISODE_LENGTHS = (6, 6)
 
     def train(self, name: str, overrides: list[str]) -> tuple[Trainer, Path]:
         run_dir = Path(self.tmp.name) / name

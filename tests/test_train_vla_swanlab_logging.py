@@ -1,34 +1,21 @@
 """SwanLab scalars and media flow from train_vla, offline (no account, no network) and disabled."""
 import json
-import tempfile
 import unittest
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from roboimi.demos.vla_scripts.train_vla import Trainer
 from roboimi.vla.experiment_logger import ExperimentLogger
-from tests.synthetic_episodes import write_dataset
-from tests.tiny_config import compose_tiny
+from tests.tiny_config import TinyDatasetTestCase, compose_tiny
 
 
 def files_under(path: Path) -> list[Path]:
     return [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
 
 
-class SwanLabLoggingTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        torch.set_num_threads(1)
-        cls.tmp = tempfile.TemporaryDirectory()
-        cls.data_dir = Path(cls.tmp.name) / "data"
-        write_dataset(cls.data_dir, lengths=(12, 14), image_size=(32, 32))
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.tmp.cleanup()
+class SwanLabLoggingTest(TinyDatasetTestCase):
 
     def test_offline_mode_writes_a_run_with_the_training_scalars(self):
         run_dir = Path(self.tmp.name) / "offline"

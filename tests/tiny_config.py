@@ -1,8 +1,13 @@
 """Hydra composition of the real configs with tiny model and training sizes, for fast CPU tests."""
+import tempfile
+import unittest
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+
+from tests.synthetic_episodes import write_dataset
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "roboimi" / "vla" / "conf")
 
@@ -35,3 +40,20 @@ def compose_tiny(agent: str, dataset_dir, extra: list[str] = ()) -> DictConfig:
     ]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         return compose("config", overrides=overrides)
+
+
+class TinyDatasetTestCase(unittest.TestCase):
+    """Writes a synthetic dataset (episodes of EPISODE_LENGTHS frames, 32x32 images) once per test class."""
+
+    EPISODE_LENGTHS = (12, 14)
+
+    @classmethod
+    def setUpClass(cls):
+        torch.set_num_threads(1)
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.data_dir = Path(cls.tmp.name) / "data"
+        write_dataset(cls.data_dir, lengths=cls.EPISODE_LENGTHS, image_size=(32, 32))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()

@@ -1,7 +1,5 @@
 """Checkpoints: atomic writes, RNG state, config compatibility, and rebuilding an agent from one file."""
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -9,26 +7,17 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from roboimi.atomic_file import atomic_write_path
+
 # Keys whose change makes a checkpoint's weights or data contract meaningless for the current run.
 MODEL_DEFINING_KEYS = ("agent", "data.camera_names", "data.image_shape")
 
 
 def save_checkpoint(path, payload: dict) -> Path:
-    """torch.save to a temp file in the same directory, fsync, then os.replace: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
-    return path
+    """torch.save through a temporary file + fsync + os.replace: never a half-written checkpoint."""
+    with atomic_write_path(path) as tmp_path:
+        torch.save(payload, tmp_path)
+    return Path(path)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

@@ -25,7 +25,7 @@ def parse_overrides(argv: list[str]):
     if unknown or "ckpt_path" not in overrides:
         raise SystemExit(
             "usage: eval_vla.py ckpt_path=<file.pt> [eval.num_episodes=N] [eval.output_dir=DIR] [eval.<key>=...] "
-            f"[agent.inference_steps=N] [device=auto|cpu|cuda]" + (f"\nunknown keys: {unknown}" if unknown else "")
+            "[agent.inference_steps=N] [device=auto|cpu|cuda]" + (f"\nunknown keys: {unknown}" if unknown else "")
         )
     return overrides
 

@@ -9,11 +9,12 @@ episodes yields a different key and a fresh computation.
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 
 import numpy as np
 import torch
+
+from roboimi.atomic_file import atomic_write_path
 
 STATS_KEYS = tuple(f"{name}_{stat}" for name in ("qpos", "action") for stat in ("min", "max", "mean", "std"))
 CACHE_FORMAT = 1
@@ -76,16 +77,8 @@ def _read_cache(path, key):
 
 def _write_cache_atomically(path, key, stats):
     content = {"key": key, "stats": {name: stats[name].tolist() for name in STATS_KEYS}}
-    handle, tmp_path = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".roboimi_stats_", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as f:
-            json.dump(content, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
+    with atomic_write_path(path) as tmp_path:
+        tmp_path.write_text(json.dumps(content))
 
 
 def load_or_compute_stats(dataset_dir, train_paths, compute):

@@ -14,7 +14,10 @@ from omegaconf import OmegaConf
 
 from roboimi.vla.checkpoint import build_agent_from_checkpoint, load_checkpoint
 from roboimi.vla.evaluation import evaluate_agent
+from roboimi.vla.fast_paths import attention_backends, bf16_autocast, compile_head
 from roboimi.vla.runtime import resolve_device
+
+EVAL_DEFAULTS = Path(__file__).resolve().parents[2] / "vla" / "conf" / "eval" / "eval.yaml"
 
 OVERRIDABLE_PREFIXES = ("eval.", "agent.inference_steps", "device")
 
@@ -35,16 +38,25 @@ def main(argv: list[str]) -> dict:
     device = resolve_device(overrides.get("device", "auto"))
     ckpt_path = Path(overrides.ckpt_path)
     checkpoint = load_checkpoint(ckpt_path)
+    # Current eval defaults first, so checkpoints written before an eval key existed still evaluate.
     checkpoint["config"] = OmegaConf.to_container(
-        OmegaConf.merge(checkpoint["config"], {k: v for k, v in overrides.items() if k in ("eval", "agent")})
+        OmegaConf.merge(
+            {"eval": OmegaConf.load(EVAL_DEFAULTS)},
+            checkpoint["config"],
+            {k: v for k, v in overrides.items() if k in ("eval", "agent")},
+        ),
+        resolve=True,
     )
     agent, cfg = build_agent_from_checkpoint(checkpoint, device)
     if cfg.eval.task is None:
         raise ValueError("The checkpoint has no built-in task to evaluate in (eval.task is null). Pass eval.task=sim_transfer or another registered task.")
     output_dir = Path(cfg.eval.output_dir or ckpt_path.parent.parent / "eval")
-    summary = evaluate_agent(
-        agent, cfg, num_episodes=cfg.eval.num_episodes, output_dir=output_dir, record_video=cfg.eval.record_video
-    )
+    if cfg.eval.compile_head:
+        compile_head(agent)
+    with attention_backends(cfg.eval.fused_sdpa, device), bf16_autocast(cfg.eval.bf16_autocast, device):
+        summary = evaluate_agent(
+            agent, cfg, num_episodes=cfg.eval.num_episodes, output_dir=output_dir, record_video=cfg.eval.record_video
+        )
     summary["checkpoint"] = str(ckpt_path)
     summary["global_step"] = checkpoint["global_step"]
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -7,6 +7,7 @@ Outputs go to the Hydra run dir: checkpoints/, logs.json.txt, swanlog/ and rollo
 import math
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -29,6 +30,7 @@ from roboimi.vla.data.epoch_batch_sampler import EpochBatchSampler
 from roboimi.vla.distributed import AgentLoss, assert_ranks_agree, init_distributed, parameter_fingerprint
 from roboimi.vla.evaluation import evaluate_agent
 from roboimi.vla.experiment_logger import ExperimentLogger
+from roboimi.vla.fast_paths import attention_backends, bf16_autocast
 from roboimi.vla.optim import build_lr_scheduler, build_optimizer
 from roboimi.vla.runtime import seed_everything
 
@@ -60,7 +62,7 @@ def fill_data_dims(cfg: DictConfig, bundle) -> None:
     """Write the dims read from the files into the config, so checkpoints describe themselves."""
     cfg.agent.obs_dim = bundle.state_dim
     cfg.agent.action_dim = bundle.action_dim
-    cfg.data.image_shape = list(bundle.image_shape)
+    cfg.data.image_shape = list(bundle.image_shape) if bundle.image_shape else None  # None: no cameras
     if list(cfg.agent.camera_names) != list(cfg.data.camera_names):
         raise ValueError(
             f"agent.camera_names={list(cfg.agent.camera_names)} does not match data.camera_names="
@@ -100,6 +102,7 @@ class Trainer:
             val_split=cfg.train.val_split,
             seed=cfg.train.seed,
             image_resize_shape=cfg.data.image_resize_shape,
+            state_keys=cfg.data.state_keys,
         )
         fill_data_dims(cfg, self.bundle)
         self.train_loader, self.batch_sampler = make_loader(self.bundle.train, cfg, self.dist, cfg.train.seed)
@@ -197,12 +200,14 @@ class Trainer:
             print(f"Resumed from {path} at step {self.global_step} (epoch {self.epoch}).")
 
     # ---- one optimizer step ------------------------------------------------------------------
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.bf16_autocast)
+    @contextmanager
+    def forward_context(self):
+        with attention_backends(self.cfg.train.fused_sdpa, self.device), bf16_autocast(self.cfg.train.bf16_autocast, self.device):
+            yield
 
     def train_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; returns the loss averaged over ranks and the (clipped-from) gradient norm."""
-        with self.autocast():
+        with self.forward_context():
             loss = self.loss_model(to_device(batch, self.device))
         mean_loss = self.dist.mean(loss.detach())
         if not torch.isfinite(mean_loss):
@@ -231,7 +236,7 @@ class Trainer:
         self.agent.eval()
         losses = []
         for batch in self.val_loader:
-            with self.autocast():
+            with self.forward_context():
                 losses.append(self.agent.compute_loss(to_device(batch, self.device)))
         self.agent.train()
         return self.dist.mean(torch.stack(losses).mean()).item()

@@ -15,7 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
@@ -61,7 +60,9 @@ def build_policy() -> tuple[torch.nn.Module, str]:
     try:
         from benchmarks.common import build_agent
 
-        args = argparse.Namespace(n_emb=64, n_layer=2, n_head=2, image_size=AGENT_IMAGE_SIZE, obs_horizon=2, pred_horizon=16)
+        args = argparse.Namespace(
+            n_emb=64, n_layer=2, n_head=2, image_size=AGENT_IMAGE_SIZE, obs_horizon=2, pred_horizon=16
+        )
         return build_agent("ddpm", args, torch.device("cpu")), "VLAAgent (tiny, DDIM 10)"
     except Exception as error:  # the agent stack is optional for this benchmark
         print(f"VLAAgent unavailable ({type(error).__name__}: {error}); using a small CNN stand-in")
@@ -91,19 +92,20 @@ def main():
                 rows.append((f"{height}x{width}", "on" if shadows else "off", policy_name, summary))
 
     print(f"\n{args.task}, 3 cameras {CAMERAS}, {args.steps} steps per row; agent = {agent_name}")
-    print(f"{'image':>8} {'shadows':>7} {'policy':>6} {'steps/s':>8} {'obs_read':>9} {'inference':>9} {'physics':>8} {'loop':>8}  (ms/step)")
+    header = ("image", "shadows", "policy", "steps/s", "obs_read", "inference", "physics", "loop")
+    print(" ".join(f"{name:>9}" for name in header) + "  (times in ms/step)")
     for size, shadows, policy_name, s in rows:
         print(
-            f"{size:>8} {shadows:>7} {policy_name:>6} {1e3 / s['loop_total_ms']:8.1f} {s['obs_read_ms']:9.1f} "
-            f"{s['preprocess_ms'] + s['inference_ms']:9.1f} {s['env_step_ms']:8.2f} {s['loop_total_ms']:8.1f}"
+            f"{size:>9} {shadows:>9} {policy_name:>9} {1e3 / s['loop_total_ms']:9.1f} {s['obs_read_ms']:9.1f} "
+            f"{s['preprocess_ms'] + s['inference_ms']:9.1f} {s['env_step_ms']:9.2f} {s['loop_total_ms']:9.1f}"
         )
-    hold = {(size, shadows): 1e3 / s["loop_total_ms"] for size, shadows, p, s in rows if p == "hold"}
-    with_agent = np.mean([1e3 / s["loop_total_ms"] for size, shadows, p, s in rows if p == "agent" and shadows == "off"])
-    print(
-        "summary: env steps/s with 3 cameras, shadows off/on: "
-        + ", ".join(f"{size} {hold[(size, 'off')]:.1f}/{hold[(size, 'on')]:.1f}" for size in dict.fromkeys(r[0] for r in rows))
-        + f"; with {agent_name}, shadows off, mean over sizes {with_agent:.1f}"
+    steps_per_s = {(size, shadows, policy_name): 1e3 / s["loop_total_ms"] for size, shadows, policy_name, s in rows}
+    sizes = [f"{height}x{width}" for height, width in IMAGE_SIZES]
+    env_only = ", ".join(
+        f"{size} {steps_per_s[size, 'off', 'hold']:.1f}/{steps_per_s[size, 'on', 'hold']:.1f}" for size in sizes
     )
+    with_agent = ", ".join(f"{size} {steps_per_s[size, 'off', 'agent']:.1f}" for size in sizes)
+    print(f"summary: env steps/s, 3 cameras, shadows off/on: {env_only}; with {agent_name}, shadows off: {with_agent}")
 
 
 if __name__ == "__main__":

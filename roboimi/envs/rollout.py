@@ -22,6 +22,7 @@ from roboimi.envs.registry import make_env
 from roboimi.envs.sim_env import InvalidActionError, check_action
 
 TIMING_KEYS = ("obs_read_ms", "preprocess_ms", "inference_ms", "env_step_ms", "loop_total_ms")
+EPISODE_KEYS = ("seed", "return", "max_reward", "success", "steps", "aborted")
 GIF_FRAME_MS = 20  # one frame per 50 Hz control step: the GIF plays in real time
 
 
@@ -146,7 +147,7 @@ def evaluate_policy(
                 timings[key].extend(record["timings"][key])
             if out is not None:
                 _write_artifacts(env, out, i, record, trajectory_image, trajectory_camera, artifacts)
-            episodes.append({key: record[key] for key in ("seed", "return", "max_reward", "success", "steps", "aborted")})
+            episodes.append({key: record[key] for key in EPISODE_KEYS})
             bar.set_postfix(success=f"{sum(e['success'] for e in episodes)}/{len(episodes)}")
     if hasattr(policy, "train") and was_training is not None:
         policy.train(was_training)

@@ -71,9 +71,9 @@ class ScriptedPolicy:
     def __call__(self, obs: dict) -> np.ndarray:
         if self.step_count == 0:
             self.left_trajectory, self.right_trajectory = self.plan(obs)
-        action = np.concatenate(
-            [self.interpolate(self.left_trajectory, self.step_count), self.interpolate(self.right_trajectory, self.step_count)]
-        )
+        left = self.interpolate(self.left_trajectory, self.step_count)
+        right = self.interpolate(self.right_trajectory, self.step_count)
+        action = np.concatenate([left, right])
         self.step_count += 1
         return action
 

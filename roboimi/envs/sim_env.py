@@ -149,20 +149,18 @@ class DualArmSimEnv:
         self._renderer.update_scene(self._data, camera=self._model_camera(camera))
         scene = self._renderer.scene
         radius = TRAJECTORY_RADIUS_M_PX / min(self.image_size)
-        for path in paths:
-            for start, end in zip(path[:-1], path[1:]):
-                if scene.ngeom >= scene.maxgeom:
-                    break
-                if np.linalg.norm(end - start) < TRAJECTORY_MIN_SEGMENT:
-                    continue
-                geom = scene.geoms[scene.ngeom]
-                mujoco.mjv_initGeom(
-                    geom, mujoco.mjtGeom.mjGEOM_CAPSULE, np.zeros(3), np.zeros(3), np.eye(3).ravel(), TRAJECTORY_RGBA
-                )
-                mujoco.mjv_connector(
-                    geom, mujoco.mjtGeom.mjGEOM_CAPSULE, radius, start.astype(np.float64), end.astype(np.float64)
-                )
-                scene.ngeom += 1
+        segments = [
+            (start, end)
+            for path in paths
+            for start, end in zip(np.asarray(path, dtype=np.float64)[:-1], np.asarray(path, dtype=np.float64)[1:])
+            if np.linalg.norm(end - start) >= TRAJECTORY_MIN_SEGMENT
+        ]
+        for start, end in segments[: scene.maxgeom - scene.ngeom]:
+            geom = scene.geoms[scene.ngeom]
+            capsule = mujoco.mjtGeom.mjGEOM_CAPSULE
+            mujoco.mjv_initGeom(geom, capsule, np.zeros(3), np.zeros(3), np.eye(3).ravel(), TRAJECTORY_RGBA)
+            mujoco.mjv_connector(geom, capsule, radius, start, end)
+            scene.ngeom += 1
         return self._renderer.render()
 
     def close(self):

@@ -1,4 +1,4 @@
-"""VLAAgent: camera images + joint state -> chunks of joint-space actions.
+"""VLAAgent: camera images + joint state -> chunks of joint-space actions (state alone without cameras).
 
 The baseline policy trains its head as a DDPM noise predictor and samples with DDIM. Rollouts go through
 `select_action`, which keeps observation and action queues (observation history in, action chunk out).
@@ -72,7 +72,8 @@ class VLAAgent(nn.Module):
         self.prediction_type = prediction_type
 
         self.vision_backbone = vision_backbone
-        # The one place where the condition width is defined: visual features first, then state.
+        # The one place where the condition width is defined: visual features first, then state
+        # (num_cameras = 0 for a state-only agent, whose condition is the state alone).
         self.cond_dim = vision_backbone.num_cameras * vision_backbone.output_dim + obs_dim
         self.noise_pred_net = head(
             input_dim=action_dim,
@@ -153,13 +154,15 @@ class VLAAgent(nn.Module):
                 f"qpos has shape {tuple(qpos.shape)} but the agent was built with obs_dim={self.obs_dim}. "
                 "Use data with the state dimension the agent was trained on."
             )
+        state = self._normalize_qpos(qpos.to(self._device).float())  # (B, T, obs_dim)
+        if not self.camera_names:
+            return state
         pixels = {}
         for cam in self.camera_names:
             if images[cam].dtype != torch.uint8:
                 raise TypeError(f"images[{cam!r}] has dtype {images[cam].dtype}; pass the raw uint8 frames.")
             pixels[cam] = images[cam].to(self._device).float() / 255.0
         vis = self.vision_backbone(pixels)  # (B, T, num_cams * output_dim)
-        state = self._normalize_qpos(qpos.to(self._device).float())  # (B, T, obs_dim)
         return torch.cat([vis, state], dim=-1)
 
     def _masked_mean(self, elementwise: torch.Tensor, action_is_pad: torch.Tensor | None) -> torch.Tensor:
@@ -223,7 +226,7 @@ class VLAAgent(nn.Module):
 
     def _populate_queues(self, obs: Mapping) -> None:
         """Append one env observation; right after reset it fills the whole history (repeated first frame)."""
-        require_cameras(obs["images"], self.camera_names, "The observation")
+        require_cameras(obs.get("images", {}), self.camera_names, "The observation")
         qpos = torch.as_tensor(obs["qpos"], dtype=torch.float32)
         if qpos.shape != (self.obs_dim,):
             raise ValueError(
@@ -242,12 +245,15 @@ class VLAAgent(nn.Module):
             _append_filling(self._queues["images"][cam], frame)
 
     def _prepare_observation_batch(self) -> dict:
-        """Queues -> {'images': {cam: uint8 (1, obs_horizon, 3, H, W)}, 'qpos': (1, obs_horizon, obs_dim)}."""
-        train_hw = list(self.vision_backbone.input_shape)
+        """Queues -> {'images': {cam: uint8 (1, obs_horizon, 3, H, W)}, 'qpos': (1, obs_horizon, obs_dim)}.
+
+        Without cameras 'images' is {} (a state-only backbone has no input_shape).
+        """
         images = {}
         for cam in self.camera_names:
             frames = torch.stack(list(self._queues["images"][cam])).permute(0, 3, 1, 2)  # (T, 3, H, W)
             frames = frames.to(self._device)
+            train_hw = list(self.vision_backbone.input_shape)
             if list(frames.shape[-2:]) != train_hw:
                 frames = TF.resize(frames, train_hw, antialias=True)
             images[cam] = frames.unsqueeze(0)

@@ -2,8 +2,45 @@
 
 Used by training-time rollout validation and by eval_vla.py, so both score policies the same way.
 """
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 import torch
 from torch import nn
+
+# Checkpoint configs written before data.state_keys existed trained on qpos alone.
+DEFAULT_STATE_KEYS = ("qpos",)
+# A state-only agent renders no cameras; this size serves its trajectory images and videos.
+NO_CAMERA_RENDER_SIZE = (96, 96)
+
+
+class StateKeysPolicy:
+    """Presents the concatenation of the `state_keys` observations as obs['qpos'] to the agent.
+
+    The env observes {'qpos': (14,), 'qvel': (14,), 'env_state': (E,), 'images': ...}; an agent trained with
+    data.state_keys=[qpos, env_state] expects obs['qpos'] of 14 + E dims, in the dataset's order.
+    """
+
+    def __init__(self, agent: nn.Module, state_keys: Sequence[str]):
+        self.agent = agent
+        self.state_keys = tuple(state_keys)
+
+    @property
+    def last_preprocess_ms(self) -> float:
+        return self.agent.last_preprocess_ms
+
+    def reset(self) -> None:
+        self.agent.reset()
+
+    def select_action(self, obs: Mapping) -> torch.Tensor:
+        missing = [key for key in self.state_keys if key not in obs]
+        if missing:
+            raise KeyError(
+                f"The observation lacks state key(s) {missing}; it has {sorted(obs)}. Evaluate in an env that "
+                f"provides them, or train with data.state_keys among those."
+            )
+        state = np.concatenate([np.asarray(obs[key], dtype=np.float32).reshape(-1) for key in self.state_keys])
+        return self.agent.select_action({**obs, "qpos": state})
 
 
 def evaluate_agent(agent: nn.Module, cfg, *, num_episodes: int, output_dir, record_video: bool, progress: bool = True) -> dict:
@@ -11,16 +48,18 @@ def evaluate_agent(agent: nn.Module, cfg, *, num_episodes: int, output_dir, reco
     # Imported here: importing the simulator fixes the MuJoCo GL backend, which training without rollouts never needs.
     from roboimi.envs.rollout import evaluate_policy
 
+    image_size = tuple(cfg.data.image_shape) if cfg.data.camera_names else NO_CAMERA_RENDER_SIZE
+    policy = StateKeysPolicy(agent, cfg.data.get("state_keys", DEFAULT_STATE_KEYS))
     was_training = agent.training
     agent.eval()
     try:
         with torch.no_grad():
             return evaluate_policy(
-                agent,
+                policy,
                 task=cfg.eval.task,
                 num_episodes=num_episodes,
                 seed=cfg.eval.seed,
-                image_size=tuple(cfg.data.image_shape),
+                image_size=image_size,
                 camera_names=tuple(cfg.data.camera_names),
                 max_timesteps=cfg.eval.max_timesteps,
                 output_dir=output_dir,

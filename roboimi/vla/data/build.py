@@ -13,10 +13,10 @@ from roboimi.vla.data.normalization import compute_stats, load_or_compute_stats
 class DatasetBundle:
     train: HDF5EpisodeDataset
     val: HDF5EpisodeDataset | None  # None when val_split == 0
-    stats: dict  # qpos_/action_ min, max, mean, std: float32 (S,) / (A,), training episodes only
+    stats: dict  # qpos_/action_ min, max, mean, std: float32 (S,) / (A,), training episodes only; qpos = the state
     state_dim: int
     action_dim: int
-    image_shape: tuple  # (H, W) of the returned images
+    image_shape: tuple | None  # (H, W) of the returned images; None without cameras
     train_episodes: list  # paths, sorted by episode index
     val_episodes: list
     skipped: list  # (path, reason)
@@ -39,28 +39,42 @@ def split_episodes(num_episodes, val_split, seed):
 
 
 def build_datasets(
-    dataset_dir, camera_names, obs_horizon, pred_horizon, val_split=0.0, seed=42, image_resize_shape=None
+    dataset_dir,
+    camera_names,
+    obs_horizon,
+    pred_horizon,
+    val_split=0.0,
+    seed=42,
+    image_resize_shape=None,
+    state_keys=("qpos",),
 ):
-    camera_names = list(camera_names)
-    episodes, skipped = discover_episodes(dataset_dir, camera_names, obs_horizon)
+    """state_keys: `/observations/<key>` datasets concatenated, in order, into the state the samples call qpos."""
+    camera_names, state_keys = list(camera_names), tuple(state_keys)
+    episodes, skipped = discover_episodes(dataset_dir, camera_names, obs_horizon, state_keys)
     if image_resize_shape is None:
         check_camera_shapes_agree(episodes[0], camera_names)
     train_ids, val_ids = split_episodes(len(episodes), val_split, seed)
 
     def make(ids):
         chosen = [episodes[i] for i in ids]
-        return HDF5EpisodeDataset(chosen, camera_names, obs_horizon, pred_horizon, image_resize_shape)
+        return HDF5EpisodeDataset(chosen, camera_names, obs_horizon, pred_horizon, image_resize_shape, state_keys)
 
     train = make(train_ids)
     val = make(val_ids) if val_ids else None
-    stats = load_or_compute_stats(dataset_dir, train.episode_paths, lambda: compute_stats(train.qpos, train.action))
+
+    def compute():
+        return compute_stats(train.qpos, train.action)
+
+    # The cache key covers the training files but not the state layout, so only the default state is cached;
+    # other layouts are recomputed (low-dimensional, a fraction of a second).
+    stats = load_or_compute_stats(dataset_dir, train.episode_paths, compute) if state_keys == ("qpos",) else compute()
     return DatasetBundle(
         train=train,
         val=val,
         stats=stats,
         state_dim=train.state_dim,
         action_dim=train.action_dim,
-        image_shape=tuple(train.image_shape),
+        image_shape=tuple(train.image_shape) if train.image_shape else None,
         train_episodes=train.episode_paths,
         val_episodes=val.episode_paths if val else [],
         skipped=skipped,

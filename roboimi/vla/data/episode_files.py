@@ -4,8 +4,8 @@ One file per episode, `<dataset_dir>/episode_<i>.hdf5`:
 
     attrs                        sim=True (recordings may add task, seed, success, fps)
     /observations/qpos           (T, S) float    joint state
-    /observations/qvel           (T, S) float    optional, unused
-    /observations/env_state      (T, E) float    optional, unused
+    /observations/qvel           (T, S) float    optional
+    /observations/env_state      (T, E) float    optional object pose(s) from the simulator
     /observations/images/<cam>   (T, H, W, 3)    uint8, one-frame chunks, gzip 1 or lzf
     /action                      (T, A) float    action aligned with obs[t]
 
@@ -31,7 +31,7 @@ class EpisodeInfo:
     path: str
     index: int  # the <i> of episode_<i>.hdf5
     length: int  # T
-    state_dim: int  # S
+    state_dim: int  # S, summed over the state keys
     action_dim: int  # A
     image_shapes: dict  # camera -> (H, W, 3)
 
@@ -62,8 +62,29 @@ def episode_index(path):
     return int(EPISODE_PATTERN.match(os.path.basename(path)).group(1))
 
 
-def read_episode_info(path, camera_names):
+def _state_dim(f, path, state_keys, length):
+    """Width of the policy state: the `/observations/<key>` datasets of `state_keys`, concatenated in order."""
+    available = sorted(key for key, item in f["observations"].items() if isinstance(item, h5py.Dataset))
+    missing = [key for key in state_keys if key not in available]
+    if missing:
+        raise ValueError(
+            f"State key(s) {missing} not found in '{path}'. Available /observations datasets: {available}. "
+            f"Choose keys that exist with data.state_keys=[{','.join(available)}] (or a subset, qpos first)."
+        )
+    for key in state_keys:
+        values = f[f"observations/{key}"]
+        if values.ndim != 2 or values.shape[0] != length:
+            raise ValueError(
+                f"Episode file '{path}': /observations/{key} has shape {values.shape}; a state key needs "
+                f"(T, dim) with T = {length} frames like /action. Remove '{key}' from data.state_keys."
+            )
+    return sum(f[f"observations/{key}"].shape[1] for key in state_keys)
+
+
+def read_episode_info(path, camera_names, state_keys=("qpos",)):
     """Metadata of one episode. Raises OSError if HDF5 cannot read the file, ValueError if the layout is wrong."""
+    if not state_keys:
+        raise ValueError("state_keys is empty. Name at least one /observations dataset, e.g. data.state_keys=[qpos].")
     with h5py.File(path, "r") as f:
         for key in ("observations/qpos", "action"):
             if key not in f:
@@ -109,7 +130,7 @@ def read_episode_info(path, camera_names):
             path=path,
             index=episode_index(path),
             length=qpos.shape[0],
-            state_dim=qpos.shape[1],
+            state_dim=_state_dim(f, path, state_keys, qpos.shape[0]),
             action_dim=action.shape[1],
             image_shapes=image_shapes,
         )
@@ -147,17 +168,15 @@ def check_camera_shapes_agree(episode, camera_names):
         )
 
 
-def discover_episodes(dataset_dir, camera_names, obs_horizon):
-    """Validated episodes of `dataset_dir` plus the skipped ones.
+def discover_episodes(dataset_dir, camera_names, obs_horizon, state_keys=("qpos",)):
+    """Validated episodes of `dataset_dir` plus the skipped ones. An empty `camera_names` means state only.
 
     Returns (episodes: list[EpisodeInfo] sorted by index, skipped: list[(path, reason)]).
     """
-    if not camera_names:
-        raise ValueError("camera_names is empty. Name at least one camera, e.g. data.camera_names=[r_vis,top,front].")
     episodes, skipped = [], []
     for path in find_episode_files(dataset_dir):
         try:
-            info = read_episode_info(path, camera_names)
+            info = read_episode_info(path, camera_names, state_keys)
         except OSError as error:
             skipped.append((path, f"unreadable HDF5 file ({error}); delete or re-record it"))
             continue

@@ -1,6 +1,6 @@
 """Torch dataset of observation/action windows over ACT-layout HDF5 episodes.
 
-Low-dimensional data (qpos, action) is small and read into memory once; images stay on disk and are read
+Low-dimensional data (state, action) is small and read into memory once; images stay on disk and are read
 per sample through HDF5 handles that each process opens for itself on first use.
 """
 
@@ -19,14 +19,16 @@ class HDF5EpisodeDataset(Dataset):
     """One sample per frame of every episode (the anchor frame t), windowed per `windowing.sample_window`.
 
     Sample:
-        images         dict camera -> uint8 (obs_horizon, 3, H, W), in camera_names order
-        qpos           float32 (obs_horizon, S), raw
+        images         dict camera -> uint8 (obs_horizon, 3, H, W), in camera_names order ({} without cameras)
+        qpos           float32 (obs_horizon, S), raw: the state_keys datasets concatenated in order
         action         float32 (pred_horizon, A), raw
         action_is_pad  bool (pred_horizon,)
         obs_is_pad     bool (obs_horizon,)
     """
 
-    def __init__(self, episodes, camera_names, obs_horizon, pred_horizon, image_resize_shape=None):
+    def __init__(
+        self, episodes, camera_names, obs_horizon, pred_horizon, image_resize_shape=None, state_keys=("qpos",)
+    ):
         """episodes: list of `episode_files.EpisodeInfo`, validated by `discover_episodes`."""
         if not episodes:
             raise ValueError("HDF5EpisodeDataset needs at least one episode; build it with build_datasets(...).")
@@ -42,13 +44,15 @@ class HDF5EpisodeDataset(Dataset):
             )
         self.episodes = list(episodes)
         self.camera_names = tuple(camera_names)
+        self.state_keys = tuple(state_keys)
         self.obs_horizon = obs_horizon
         self.pred_horizon = pred_horizon
         self.image_resize_shape = tuple(image_resize_shape) if image_resize_shape is not None else None
         self.qpos, self.action = [], []  # per episode: float32 (T, S), (T, A)
         for episode in self.episodes:
             with h5py.File(episode.path, "r") as f:
-                self.qpos.append(f["observations/qpos"][()].astype(np.float32))
+                state = [f[f"observations/{key}"][()] for key in self.state_keys]
+                self.qpos.append(np.concatenate(state, axis=1).astype(np.float32))
                 self.action.append(f["action"][()].astype(np.float32))
         self.anchors = AnchorIndex([episode.length for episode in self.episodes])
         self._reset_process_state()
@@ -81,7 +85,9 @@ class HDF5EpisodeDataset(Dataset):
 
     @property
     def image_shape(self):
-        """(H, W) of the returned images."""
+        """(H, W) of the returned images; None without cameras."""
+        if not self.camera_names:
+            return None
         return self.image_resize_shape or self.episodes[0].image_shapes[self.camera_names[0]][:2]
 
     def _file(self, episode):

@@ -72,7 +72,7 @@ def build_policy() -> tuple[torch.nn.Module, str]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="sim_transfer")
-    parser.add_argument("--steps", type=int, default=96, help="control steps per row")
+    parser.add_argument("--steps", type=int, default=48, help="control steps per row")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -27,6 +27,7 @@ from benchmarks.common import (  # noqa: E402
     build_agent,
     describe_machine,
     parameter_millions,
+    percentile,
     setup_runtime,
     synthetic_batch,
     timed_ms,
@@ -83,15 +84,6 @@ class Variant:
                 f"{self.name}: the benchmark's sampling loop differs from predict_action (max abs difference "
                 f"{(actual - expected).abs().max().item():.2e}). Update {__file__} to follow the agent's sampler."
             )
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile, q in [0, 100]."""
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def run_round_robin(variants: list[Variant], rounds: int, device: torch.device, record: bool) -> None:

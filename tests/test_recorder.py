@@ -23,7 +23,7 @@ class RecorderTest(unittest.TestCase):
 
             # An interrupted run: a half-written temporary file of the next episode remains.
             first_mtime = (out / "episode_0.hdf5").stat().st_mtime_ns
-            (out / "episode_1.hdf5.tmp").write_bytes(b"partial")
+            (out / ".episode_1.hdf5.0123abcd.tmp").write_bytes(b"partial")
             summary = record_episodes(num_episodes=2, seed=5, **kwargs)
             self.assertEqual((summary["episodes_written"], summary["episodes_total"], summary["attempts"]), (1, 2, 1))
             self.assertEqual(sorted(p.name for p in out.iterdir()), ["episode_0.hdf5", "episode_1.hdf5"])

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from roboimi.vla.data import build_datasets
-from roboimi.vla.evaluation import StateKeysPolicy
+from roboimi.vla.evaluation import AgentPolicy
 from roboimi.vla.models.backbones.no_vision import NoVisionBackbone
 from tests.synthetic_episodes import write_dataset
 from tests.tiny_config import CONFIG_DIR
@@ -131,10 +131,10 @@ class ZeroCameraAgentTest(unittest.TestCase):
                 self.assertEqual(len(model._queues["action"]), 3)  # one chunk of 4, one action taken
 
 
-class StateKeysPolicyTest(unittest.TestCase):
+class AgentPolicyTest(unittest.TestCase):
     def test_agent_sees_the_state_keys_concatenated_as_qpos(self):
         model = make_state_agent("state_transformer").eval()
-        policy = StateKeysPolicy(model, ["env_state", "qpos"])
+        policy = AgentPolicy(model, ["env_state", "qpos"])
         obs = {"qpos": np.array([0.1, 0.2]), "qvel": np.zeros(2), "env_state": np.array([1.0, 1.5, 2.0]), "images": {}}
         action = policy.select_action(obs)
         self.assertEqual(tuple(action.shape), (ACTION_DIM,))
@@ -144,6 +144,6 @@ class StateKeysPolicyTest(unittest.TestCase):
         self.assertEqual(len(model._queues["qpos"]), 0)
 
     def test_missing_state_key_is_named(self):
-        policy = StateKeysPolicy(make_state_agent("state_transformer"), ["qpos", "env_state"])
+        policy = AgentPolicy(make_state_agent("state_transformer"), ["qpos", "env_state"])
         with self.assertRaisesRegex(KeyError, r"\['env_state'\]"):
             policy.select_action({"qpos": np.zeros(5), "images": {}})

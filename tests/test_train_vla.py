@@ -4,6 +4,7 @@ import tempfile
 import unittest
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -91,8 +92,8 @@ class TrainVLATest(TinyDatasetTestCase):
         def broken_log(*args, **kwargs):
             raise ConnectionError("logging backend down")
 
-        trainer.logger._swanlab.log = broken_log
-        with warnings.catch_warnings(record=True) as caught:
+        # Patched on the swanlab module itself, so restored afterwards for the other tests.
+        with mock.patch.object(trainer.logger._swanlab, "log", broken_log), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             trainer.fit()
         self.assertEqual(trainer.global_step, 4)

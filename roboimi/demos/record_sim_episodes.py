@@ -8,7 +8,6 @@ written carry consecutive successful seeds (stored in each file's attrs). Re-run
 continues after the last complete episode.
 """
 
-import os
 import re
 import sys
 import time
@@ -24,6 +23,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 from roboimi.envs.scripted_policy import Demonstration, ScriptedDemonstrator  # noqa: E402  (sets MUJOCO_GL)
 from gym_aloha.constants import FPS  # noqa: E402
+from roboimi.vla.data.episode_files import write_episode_file  # noqa: E402
 
 DEFAULTS = {
     "task": "sim_transfer",
@@ -35,47 +35,27 @@ DEFAULTS = {
     "compression": "gzip",
     "save_failed": False,
 }
-COMPRESSION_OPTS = {"gzip": 1, "lzf": None}
+COMPRESSIONS = ("gzip", "lzf")
 MAX_ATTEMPTS_PER_EPISODE = 3  # attempts allowed per requested episode before giving up
 EPISODE_FILE = re.compile(r"^episode_(\d+)\.hdf5$")
-TEMP_SUFFIX = ".tmp"
-
-
-def _fsync_path(path: Path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_episode(path: Path, demo: Demonstration, task: str, compression: str):
-    """Write `demo` to `path` atomically: a temporary file in the same directory, fsync, then rename."""
-    tmp = path.with_name(path.name + TEMP_SUFFIX)
-    with h5py.File(tmp, "w") as f:
-        f.attrs.update(sim=True, task=task, seed=demo.seed, success=demo.success, fps=FPS)
-        obs = f.create_group("observations")
-        obs.create_dataset("qpos", data=demo.qpos)  # (T, 14)
-        obs.create_dataset("qvel", data=demo.qvel)  # (T, 14)
-        obs.create_dataset("env_state", data=demo.env_state)  # (T, E)
-        images = obs.create_group("images")
-        for camera, frames in demo.images.items():  # (T, H, W, 3) uint8, one frame per chunk
-            images.create_dataset(
-                camera,
-                data=frames,
-                chunks=(1, *frames.shape[1:]),
-                compression=compression,
-                compression_opts=COMPRESSION_OPTS[compression],
-            )
-        f.create_dataset("action", data=demo.action)  # (T, 14)
-    _fsync_path(tmp)
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
+    """Write `demo` to `path` in the ACT layout, atomically."""
+    write_episode_file(
+        path,
+        demo.qpos,  # (T, 14)
+        demo.action,  # (T, 14)
+        demo.images,  # cam -> (T, H, W, 3) uint8
+        extra_observations={"qvel": demo.qvel, "env_state": demo.env_state},
+        attrs={"task": task, "seed": demo.seed, "success": demo.success, "fps": FPS},
+        compression=compression,
+    )
 
 
 def _resume_point(dataset_dir: Path, first_seed: int) -> tuple[int, int]:
     """(episodes already complete, next seed to try); stray temporary files of an interrupted run are removed."""
-    for stray in dataset_dir.glob(f"*{TEMP_SUFFIX}"):
+    for stray in dataset_dir.glob(".*.tmp"):
         stray.unlink()
     indices = {int(m.group(1)) for p in dataset_dir.iterdir() if (m := EPISODE_FILE.match(p.name))}
     done = 0
@@ -103,8 +83,8 @@ def record_episodes(
     Failed attempts are counted and skipped (written to `dataset_dir`/failed/ when `save_failed`).
     At most MAX_ATTEMPTS_PER_EPISODE attempts per missing episode are made.
     """
-    if compression not in COMPRESSION_OPTS:
-        raise ValueError(f"compression must be one of {list(COMPRESSION_OPTS)}, got {compression!r}.")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}.")
     if num_episodes < 0:
         raise ValueError(f"num_episodes must be >= 0, got {num_episodes}.")
     dataset_dir = Path(dataset_dir)

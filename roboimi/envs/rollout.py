@@ -8,7 +8,9 @@ its own preprocessing time per call in `policy.last_preprocess_ms`; that part is
 
 import io
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -101,6 +103,78 @@ def _run_episode(env, policy, seed: int, max_timesteps: int, video_camera: str |
     }
 
 
+class _EpisodeRunner:
+    """Owns one env; runs episode i (seed `seed + i`) and writes its artifacts. One per process."""
+
+    def __init__(self, policy, env_kwargs: dict, seed: int, max_timesteps, out, record_video, video_camera,
+                 trajectory_image, trajectory_camera):
+        self.policy = policy
+        self.env = make_env(**env_kwargs)
+        self.seed = seed
+        self.max_timesteps = self.env.episode_len if max_timesteps is None else int(max_timesteps)
+        for camera, wanted in ((video_camera, record_video), (trajectory_camera, trajectory_image and out)):
+            if wanted and camera not in self.env.available_cameras:
+                raise ValueError(
+                    f"Unknown camera {camera!r}; available cameras: {', '.join(self.env.available_cameras)}."
+                )
+        self.out = out
+        self.video_camera = video_camera if record_video else None
+        self.trajectory_image = trajectory_image
+        self.trajectory_camera = trajectory_camera
+
+    def __call__(self, i: int) -> dict:
+        """Episode i's record (EPISODE_KEYS + timings + artifact paths); frames stay in this process."""
+        # The policy's sampling noise is seeded per episode, so episode i acts the same whichever process runs it.
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(self.seed + i)
+            record = _run_episode(self.env, self.policy, self.seed + i, self.max_timesteps, self.video_camera)
+        artifacts = {"trajectory_data": [], "trajectory_images": [], "videos": []}
+        if self.out is not None:
+            _write_artifacts(self.env, self.out, i, record, self.trajectory_image, self.trajectory_camera, artifacts)
+        return {
+            **{key: record[key] for key in EPISODE_KEYS},
+            "timings": record["timings"],
+            "artifacts": artifacts,
+            "max_timesteps": self.max_timesteps,
+        }
+
+    def close(self):
+        self.env.close()
+
+
+_worker_runner: _EpisodeRunner | None = None  # the env and policy of a rollout worker process
+
+
+def _init_worker(runner_kwargs: dict, torch_threads: int):
+    global _worker_runner
+    torch.set_num_threads(torch_threads)
+    _worker_runner = _EpisodeRunner(**runner_kwargs)
+
+
+def _run_in_worker(i: int) -> dict:
+    return _worker_runner(i)
+
+
+def _episode_records(runner_kwargs: dict, num_episodes: int, num_workers: int):
+    """Yield the records of episodes 0..num_episodes-1 in order, from this process or from `num_workers`."""
+    if num_workers <= 1:
+        runner = _EpisodeRunner(**runner_kwargs)
+        try:
+            yield from map(runner, range(num_episodes))
+        finally:
+            runner.close()
+        return
+    # spawn: a forked child would inherit the parent's GL context and torch thread pool, neither fork-safe.
+    threads = max(1, torch.get_num_threads() // num_workers)
+    with ProcessPoolExecutor(
+        max_workers=num_workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(runner_kwargs, threads),
+    ) as pool:
+        yield from pool.map(_run_in_worker, range(num_episodes))
+
+
 def evaluate_policy(
     policy,
     task: str,
@@ -116,49 +190,60 @@ def evaluate_policy(
     trajectory_image: bool = True,
     trajectory_camera: str = "front",
     progress: bool = True,
+    num_workers: int = 1,
 ) -> dict:
     """Roll `policy` out for `num_episodes` episodes of `task` (episode i uses seed `seed + i`).
 
+    With `num_workers` > 1 the episodes run in that many processes, each with its own env and a copy of the
+    policy; each episode seeds torch with its env seed, so the results equal a sequential run's.
     Returns the summary: success_rate, mean_return, mean_max_reward, num_episodes, mean_inference_ms, the
     per-step timing means (ms) and per-episode entries; with `output_dir`, also the artifact paths
     (summary.json, trajectory_<i>.npz/.png, and episode_<i>.gif/.mp4 when `record_video`).
     """
     if num_episodes < 1:
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}.")
-    env = make_env(task, image_size=image_size, camera_names=camera_names, shadows=shadows)
-    max_timesteps = env.episode_len if max_timesteps is None else int(max_timesteps)
-    for camera, wanted in ((video_camera, record_video), (trajectory_camera, trajectory_image and output_dir)):
-        if wanted and camera not in env.available_cameras:
-            raise ValueError(f"Unknown camera {camera!r}; available cameras: {', '.join(env.available_cameras)}.")
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}.")
     out = Path(output_dir) if output_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    artifacts = {"trajectory_data": [], "trajectory_images": [], "videos": []}
+    runner_kwargs = dict(
+        policy=policy,
+        env_kwargs=dict(task=task, image_size=image_size, camera_names=camera_names, shadows=shadows),
+        seed=seed,
+        max_timesteps=max_timesteps,
+        out=out,
+        record_video=record_video,
+        video_camera=video_camera,
+        trajectory_image=trajectory_image,
+        trajectory_camera=trajectory_camera,
+    )
 
     was_training = getattr(policy, "training", None)
     if hasattr(policy, "eval"):
         policy.eval()
     episodes, timings = [], {key: [] for key in TIMING_KEYS}
-    bar = tqdm(range(num_episodes), desc=f"rollout {task}", unit="ep", disable=not progress)
-    with torch.no_grad():
-        for i in bar:
-            record = _run_episode(env, policy, seed + i, max_timesteps, video_camera if record_video else None)
-            for key in TIMING_KEYS:
-                timings[key].extend(record["timings"][key])
-            if out is not None:
-                _write_artifacts(env, out, i, record, trajectory_image, trajectory_camera, artifacts)
-            episodes.append({key: record[key] for key in EPISODE_KEYS})
-            bar.set_postfix(success=f"{sum(e['success'] for e in episodes)}/{len(episodes)}")
+    artifacts = {"trajectory_data": [], "trajectory_images": [], "videos": []}
+    bar = tqdm(total=num_episodes, desc=f"rollout {task}", unit="ep", disable=not progress)
+    for record in _episode_records(runner_kwargs, num_episodes, min(num_workers, num_episodes)):
+        for key in TIMING_KEYS:
+            timings[key].extend(record["timings"][key])
+        for key, paths in record["artifacts"].items():
+            artifacts[key].extend(paths)
+        episodes.append({key: record[key] for key in EPISODE_KEYS})
+        bar.update(1)
+        bar.set_postfix(success=f"{sum(e['success'] for e in episodes)}/{len(episodes)}")
+    bar.close()
     if hasattr(policy, "train") and was_training is not None:
         policy.train(was_training)
     policy.reset()
-    env.close()
 
     summary = {
         "task": task,
         "num_episodes": num_episodes,
         "seed": seed,
-        "max_timesteps": max_timesteps,
+        "max_timesteps": record["max_timesteps"],
+        "num_workers": num_workers,
         "success_rate": _mean([e["success"] for e in episodes]),
         "mean_return": _mean([e["return"] for e in episodes]),
         "mean_max_reward": _mean([e["max_reward"] for e in episodes]),

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from roboimi.vla.checkpoint import build_agent_from_checkpoint, load_checkpoint
 from roboimi.vla.evaluation import evaluate_agent
-from roboimi.vla.fast_paths import attention_backends, bf16_autocast, compile_head
+from roboimi.vla.fast_paths import compile_head
 from roboimi.vla.runtime import resolve_device
 
 EVAL_DEFAULTS = Path(__file__).resolve().parents[2] / "vla" / "conf" / "eval" / "eval.yaml"
@@ -53,10 +53,9 @@ def main(argv: list[str]) -> dict:
     output_dir = Path(cfg.eval.output_dir or ckpt_path.parent.parent / "eval")
     if cfg.eval.compile_head:
         compile_head(agent)
-    with attention_backends(cfg.eval.fused_sdpa, device), bf16_autocast(cfg.eval.bf16_autocast, device):
-        summary = evaluate_agent(
-            agent, cfg, num_episodes=cfg.eval.num_episodes, output_dir=output_dir, record_video=cfg.eval.record_video
-        )
+    summary = evaluate_agent(
+        agent, cfg, num_episodes=cfg.eval.num_episodes, output_dir=output_dir, record_video=cfg.eval.record_video
+    )
     summary["checkpoint"] = str(ckpt_path)
     summary["global_step"] = checkpoint["global_step"]
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

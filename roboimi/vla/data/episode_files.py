@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
+from roboimi.atomic_file import atomic_write_path
+
 EPISODE_PATTERN = re.compile(r"^episode_(\d+)\.hdf5$")
 RECORD_COMMAND = "python roboimi/demos/record_sim_episodes.py task=sim_transfer dataset_dir={dataset_dir}"
 
@@ -208,8 +210,7 @@ def write_episode_file(path, qpos, action, images, extra_observations=None, attr
     if compression not in ("gzip", "lzf"):
         raise ValueError(f"compression must be 'gzip' or 'lzf', got {compression!r}.")
     options = {"compression": "gzip", "compression_opts": 1} if compression == "gzip" else {"compression": "lzf"}
-    tmp_path = f"{path}.tmp"
-    with h5py.File(tmp_path, "w") as f:
+    with atomic_write_path(path) as tmp_path, h5py.File(tmp_path, "w") as f:
         f.attrs["sim"] = True
         for key, value in (attrs or {}).items():
             f.attrs[key] = value
@@ -221,5 +222,4 @@ def write_episode_file(path, qpos, action, images, extra_observations=None, attr
         for cam, frames in images.items():
             image_group.create_dataset(cam, data=frames, chunks=(1,) + frames.shape[1:], **options)
         f.create_dataset("action", data=action)
-    os.replace(tmp_path, path)
     return path

@@ -4,8 +4,8 @@ Each row rolls out one episode prefix through the real evaluator (`roboimi.envs.
 3 RoboIMI cameras (r_vis, top, front) rendered every step, at 96x96 and 240x320, shadows off and on, and
 breaks one loop iteration down into observation read (state + rendering), policy and physics time.
 Policies: "hold" (commands the current joint positions: the loop without inference) and "agent" (a tiny
-VLAAgent from the Hydra configs, DDIM, re-planning every num_action_steps; a small torch stand-in when the
-agent cannot be built).
+VLAAgent from the Hydra configs, DDIM, re-planning every num_action_steps). Last, the same seeded episodes are
+rolled out sequentially and in --workers processes (eval.num_workers) to measure the parallel speed-up.
 
     python benchmarks/rollout_throughput.py
     python benchmarks/rollout_throughput.py --steps 100 --task sim_insertion
@@ -13,6 +13,7 @@ agent cannot be built).
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from roboimi.envs import evaluate_policy  # noqa: E402  (sets MUJOCO_GL before mujoco is imported)
+from benchmarks.common import build_agent  # noqa: E402
 
 CAMERAS = ("r_vis", "top", "front")
 IMAGE_SIZES = ((96, 96), (240, 320))
@@ -35,38 +37,24 @@ class HoldPolicy:
         return obs["qpos"]
 
 
-class ConvStandIn(torch.nn.Module):
-    """Stand-in for a visuomotor policy: a small CNN over every camera, each step, -> 14-dim action."""
+def build_agent_policy() -> torch.nn.Module:
+    """A tiny VLAAgent: n_emb 64, 2 layers, 10 DDIM steps, 96x96 images."""
+    args = argparse.Namespace(n_emb=64, n_layer=2, n_head=2, image_size=AGENT_IMAGE_SIZE, obs_horizon=2, pred_horizon=16)
+    return build_agent("ddpm", args, torch.device("cpu"))
 
-    def __init__(self):
-        super().__init__()
-        self.encoder = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 16, 5, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, stride=2),
-            torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+
+def parallel_speedup(agent, args) -> list[tuple[int, float]]:
+    """(workers, wall seconds) for the same seeded episodes, sequential first; worker start-up is included."""
+    timings = []
+    for workers in (1, args.workers):
+        start = time.perf_counter()
+        evaluate_policy(
+            agent, args.task, args.parallel_episodes, image_size=(AGENT_IMAGE_SIZE, AGENT_IMAGE_SIZE),
+            camera_names=CAMERAS, max_timesteps=args.parallel_steps, trajectory_image=False, progress=False,
+            num_workers=workers,
         )
-        self.head = torch.nn.Linear(32 * len(CAMERAS) + 14, 14)
-
-    def reset(self):
-        pass
-
-    def select_action(self, obs):
-        images = torch.stack([torch.as_tensor(obs["images"][cam]) for cam in CAMERAS]).permute(0, 3, 1, 2)
-        features = self.encoder(images.float() / 255).flatten()  # (3 * 32,)
-        return self.head(torch.cat([features, torch.as_tensor(obs["qpos"], dtype=torch.float32)]))
-
-
-def build_policy() -> tuple[torch.nn.Module, str]:
-    """A tiny VLAAgent (n_emb 64, 2 layers, 10 DDIM steps, 96x96) or, if it cannot be built, the stand-in."""
-    try:
-        from benchmarks.common import build_agent
-
-        args = argparse.Namespace(
-            n_emb=64, n_layer=2, n_head=2, image_size=AGENT_IMAGE_SIZE, obs_horizon=2, pred_horizon=16
-        )
-        return build_agent("ddpm", args, torch.device("cpu")), "VLAAgent (tiny, DDIM 10)"
-    except Exception as error:  # the agent stack is optional for this benchmark
-        print(f"VLAAgent unavailable ({type(error).__name__}: {error}); using a small CNN stand-in")
-        return ConvStandIn(), "CNN stand-in"
+        timings.append((workers, time.perf_counter() - start))
+    return timings
 
 
 def main():
@@ -74,10 +62,13 @@ def main():
     parser.add_argument("--task", default="sim_transfer")
     parser.add_argument("--steps", type=int, default=48, help="control steps per row")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--workers", type=int, default=2, help="rollout processes for the parallel comparison")
+    parser.add_argument("--parallel-episodes", type=int, default=4, help="episodes for the parallel comparison")
+    parser.add_argument("--parallel-steps", type=int, default=100, help="control steps per episode there")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    agent, agent_name = build_policy()
+    agent, agent_name = build_agent_policy(), "VLAAgent (tiny, DDIM 10)"
     # Warm-up: the first forward passes allocate and pick kernels; keep them out of the table.
     evaluate_policy(agent, args.task, 1, camera_names=CAMERAS, max_timesteps=2, trajectory_image=False, progress=False)
 
@@ -105,7 +96,15 @@ def main():
         f"{size} {steps_per_s[size, 'off', 'hold']:.1f}/{steps_per_s[size, 'on', 'hold']:.1f}" for size in sizes
     )
     with_agent = ", ".join(f"{size} {steps_per_s[size, 'off', 'agent']:.1f}" for size in sizes)
-    print(f"summary: env steps/s, 3 cameras, shadows off/on: {env_only}; with {agent_name}, shadows off: {with_agent}")
+    timings = parallel_speedup(agent, args)
+    print(f"\n{args.parallel_episodes} episodes x {args.parallel_steps} steps with the agent at 96x96 (wall time incl. start-up)")
+    for workers, seconds in timings:
+        print(f"{workers:>2} worker(s): {seconds:6.1f} s")
+    speedup = timings[0][1] / timings[1][1]
+    print(
+        f"summary: env steps/s, 3 cameras, shadows off/on: {env_only}; with {agent_name}, shadows off: {with_agent}; "
+        f"{args.workers}-worker rollout speed-up: {speedup:.2f}x"
+    )
 
 
 if __name__ == "__main__":

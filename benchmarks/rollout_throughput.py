@@ -64,7 +64,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--workers", type=int, default=2, help="rollout processes for the parallel comparison")
     parser.add_argument("--parallel-episodes", type=int, default=4, help="episodes for the parallel comparison")
-    parser.add_argument("--parallel-steps", type=int, default=100, help="control steps per episode there")
+    parser.add_argument("--parallel-steps", type=int, default=200, help="control steps per episode there")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

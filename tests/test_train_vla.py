@@ -100,6 +100,23 @@ class TrainVLATest(TinyDatasetTestCase):
         self.assertTrue(any("logging backend down" in str(w.message) for w in caught))
         self.assertEqual(sorted(read_losses(run_dir)), [1, 2, 3, 4])
 
+    def test_head_starts_from_an_external_imf_checkpoint(self):
+        cfg = compose_tiny("resnet_imf_attnres", self.data_dir)
+        external = {k: v + 0.5 for k, v in Trainer(cfg, self.run_dir("source")).agent.noise_pred_net.state_dict().items()}
+        path = self.run_dir("external") / "imf_head.ckpt"
+        path.parent.mkdir(parents=True)
+        # The diffusion_policy layout: the head's keys behind the policy's attribute name, inside state_dicts/model.
+        torch.save({"state_dicts": {"model": {f"model.{k}": v for k, v in external.items()}}}, path)
+        cfg = compose_tiny("resnet_imf_attnres", self.data_dir, [f"train.init_head_from={path}"])
+        loaded = Trainer(cfg, self.run_dir("init")).agent.noise_pred_net.state_dict()
+        self.assertEqual(list(loaded), list(external))
+        for key, value in external.items():
+            torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+
+        cfg = compose_tiny("resnet_transformer", self.data_dir, [f"train.init_head_from={path}"])
+        with self.assertRaisesRegex(ValueError, "missing"):
+            Trainer(cfg, self.run_dir("wrong_head"))
+
     def test_batch_larger_than_the_dataset_is_a_clear_error(self):
         cfg = compose_tiny("resnet_transformer", self.data_dir, ["train.batch_size=1000"])
         with self.assertRaisesRegex(ValueError, r"train\.batch_size=1000 is larger than the 26 samples"):

@@ -31,6 +31,7 @@ from roboimi.vla.distributed import AgentLoss, assert_ranks_agree, init_distribu
 from roboimi.vla.evaluation import evaluate_agent
 from roboimi.vla.experiment_logger import ExperimentLogger
 from roboimi.vla.fast_paths import attention_backends, bf16_autocast
+from roboimi.vla.models.heads.external_checkpoint import load_external_imf_head_state_dict
 from roboimi.vla.optim import build_lr_scheduler, build_optimizer
 from roboimi.vla.runtime import seed_everything
 
@@ -112,6 +113,8 @@ class Trainer:
 
         self.agent = instantiate(cfg.agent)
         self.agent.set_normalization_stats(self.bundle.stats)
+        if cfg.train.init_head_from:
+            load_external_imf_head_state_dict(self.agent.noise_pred_net, cfg.train.init_head_from)
         self.agent.to(self.device)
         self.loss_model = AgentLoss(self.agent)
         if self.dist.enabled:

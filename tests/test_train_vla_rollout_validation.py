@@ -48,7 +48,7 @@ class RolloutValidationTest(TinyDatasetTestCase):
         self.assertEqual(rollout_steps(run_dir), [4, 8])
 
     def test_disabled(self):
-        _, run_dir = self.train("disabled", ["train.max_steps=7", "train.rollout_val_freq_epochs=0", "train.log_freq=1"])
+        _, run_dir = self.train("disabled", ["train.max_steps=7", "train.rollout_val_freq_epochs=0"])
         self.assertEqual(rollout_steps(run_dir), [])
         self.assertFalse((run_dir / "rollouts").exists())
 

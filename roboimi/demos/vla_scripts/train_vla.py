@@ -292,7 +292,7 @@ class Trainer:
                 loss, grad_norm = self.train_step(batch)
                 self.batches_done_in_epoch += 1
                 bar.update(1)
-                if self.global_step % cfg.log_freq == 0:
+                if self.global_step % cfg.log_freq == 0 or self.global_step == cfg.max_steps:
                     now = time.perf_counter()
                     it_per_s = (self.global_step - last_log_step) / (now - last_log_time)
                     last_log_time, last_log_step = now, self.global_step

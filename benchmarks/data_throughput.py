@@ -150,7 +150,7 @@ def main():
     parser.add_argument("--batches", type=int, default=40, help="timed loader batches per setting")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--train-steps", type=int, default=3, help="timed train steps")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU); 1 is steadiest on a shared machine")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 

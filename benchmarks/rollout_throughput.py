@@ -61,7 +61,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="sim_transfer")
     parser.add_argument("--steps", type=int, default=48, help="control steps per row")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU); 1 is steadiest on a shared machine")
     parser.add_argument("--workers", type=int, default=2, help="rollout processes for the parallel comparison")
     parser.add_argument("--parallel-episodes", type=int, default=4, help="episodes for the parallel comparison")
     parser.add_argument("--parallel-steps", type=int, default=200, help="control steps per episode there")

@@ -89,21 +89,24 @@ def plot_against_nfe(evals: list[tuple[str, int, dict]], path: Path, value, erro
 
 def markdown_tables(runs: dict[str, list[dict]], evals: list[tuple[str, int, dict]]) -> str:
     lines = [
-        "| policy | NFE | success rate (%) | successes / episodes | mean return | mean max reward "
-        "| inference (ms per env step) | checkpoint step |",
-        "|---|---|---|---|---|---|---|---|",
+        "| policy | NFE | success rate (%) | successes / episodes | episodes reaching reward >= 1 / 2 / 3 "
+        "| mean return | mean max reward | inference (ms per env step) | checkpoint step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, nfe, s in evals:
         successes = sum(1 for e in s["episodes"] if e["success"])
+        stages = " / ".join(str(sum(1 for e in s["episodes"] if e["max_reward"] >= level)) for level in (1, 2, 3))
         lines.append(
             f"| {label} | {nfe} | {100 * s['success_rate']:.1f} ± {100 * success_stderr(s):.1f} | "
-            f"{successes} / {s['num_episodes']} | {s['mean_return']:.2f} | {s['mean_max_reward']:.2f} | "
+            f"{successes} / {s['num_episodes']} | {stages} | {s['mean_return']:.2f} | {s['mean_max_reward']:.2f} | "
             f"{s['mean_inference_ms']:.2f} | {s.get('global_step', 'n/a')} |"
         )
     lines += [
         "",
-        "Success rate ± binomial standard error. Inference time is the policy call per environment step, "
-        "averaged over all steps (one sampling per executed action chunk, queue pops in between).",
+        "Success rate ± binomial standard error. Reward stages of the task (sim_transfer: 1 the right gripper touches "
+        "the cube, 2 lifts it, 3 the left gripper touches it too, 4 transferred). Inference time is the policy call "
+        "per environment step, averaged over all steps (one sampling per executed action chunk, queue pops in "
+        "between).",
         "",
         "| training run | steps | final train loss | logged wall time (h) |",
         "|---|---|---|---|",

@@ -1,5 +1,6 @@
 """Rollout evaluator: success bookkeeping against the task reward, artifacts, aborts and policy mode."""
 
+import functools
 import json
 import tempfile
 import unittest
@@ -9,7 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from roboimi.envs import evaluate_policy
+from roboimi.envs import evaluate_policy, register_task
+from roboimi.envs.aloha_tasks import ALOHA_TASKS
+from roboimi.envs.sim_env import DualArmSimEnv
 from roboimi.envs.scripted_policy import ScriptedDemonstrator
 
 TIMING_KEYS = ("obs_read_ms", "preprocess_ms", "inference_ms", "env_step_ms", "loop_total_ms")
@@ -200,3 +203,31 @@ class ParallelRolloutTest(unittest.TestCase):
     def test_rejects_zero_workers(self):
         with self.assertRaisesRegex(ValueError, "num_workers"):
             evaluate_policy(HoldPolicy(), "sim_transfer", 1, camera_names=(), progress=False, num_workers=0)
+
+
+class KickedTransferEnv(DualArmSimEnv):
+    """sim_transfer whose physics blows up at the third step of the episode with seed 0 (joint speeds of 1e30)."""
+
+    def reset(self, seed):
+        self.steps, self.kick = 0, seed == 0
+        return super().reset(seed)
+
+    def step(self, action):
+        self.steps += 1
+        if self.kick and self.steps == 3:
+            self._control_env.physics.data.qvel[:] = 1e30
+        return super().step(action)
+
+
+register_task("sim_transfer_kicked", functools.partial(KickedTransferEnv, ALOHA_TASKS["sim_transfer"]))
+
+
+class DivergedSimulationTest(unittest.TestCase):
+    def test_a_diverged_episode_is_a_failure_and_the_evaluation_continues(self):
+        summary = evaluate_policy(
+            HoldPolicy(), "sim_transfer_kicked", 2, seed=0, max_timesteps=6, camera_names=(), progress=False
+        )
+        diverged, normal = summary["episodes"]
+        self.assertEqual((diverged["steps"], diverged["success"]), (2, False))
+        self.assertIn("simulation diverged", diverged["aborted"])
+        self.assertEqual((normal["steps"], normal["aborted"]), (6, None))

@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from roboimi.envs.registry import make_env
-from roboimi.envs.sim_env import InvalidActionError, check_action
+from roboimi.envs.sim_env import InvalidActionError, SimulationDivergedError, check_action
 
 TIMING_KEYS = ("obs_read_ms", "preprocess_ms", "inference_ms", "env_step_ms", "loop_total_ms")
 EPISODE_KEYS = ("seed", "return", "max_reward", "success", "steps", "aborted")
@@ -73,7 +73,11 @@ def _run_episode(env, policy, seed: int, max_timesteps: int, video_camera: str |
             aborted = str(error)
             break
         step_start = time.perf_counter()
-        obs, reward, _ = env.step(action)
+        try:
+            obs, reward, _ = env.step(action)
+        except SimulationDivergedError as error:
+            aborted = str(error)
+            break
         step_ms = (time.perf_counter() - step_start) * 1e3
         next_obs_ms = getattr(env, "last_observe_ms", 0.0)
         timings["obs_read_ms"].append(obs_ms)

@@ -5,6 +5,7 @@ from typing import NamedTuple, Sequence
 
 import mujoco
 import numpy as np
+from dm_control.rl import control
 
 from roboimi.envs.aloha_tasks import AlohaTaskSpec, build_control_env
 
@@ -22,6 +23,10 @@ TRAJECTORY_MIN_SEGMENT = 1e-4  # shorter segments are skipped: a zero-length con
 
 class InvalidActionError(ValueError):
     """An action the env cannot execute (wrong shape or non-finite values)."""
+
+
+class SimulationDivergedError(RuntimeError):
+    """The physics became invalid (NaN, Inf or huge accelerations); the episode cannot continue."""
 
 
 class StepResult(NamedTuple):
@@ -119,7 +124,14 @@ class DualArmSimEnv:
 
     def step(self, action) -> StepResult:
         """Execute one 14-dim joint-position action (one control step, 20 ms)."""
-        timestep = self._control_env.step(check_action(action, self.action_dim))
+        action = check_action(action, self.action_dim)
+        try:
+            timestep = self._control_env.step(action)
+        except control.PhysicsError as error:
+            raise SimulationDivergedError(
+                f"the simulation diverged ({error}) after the action {np.round(action, 3).tolist()}; the policy's "
+                "commands drove the physics unstable (an untrained or badly normalized policy often does)."
+            ) from error
         reward = float(timestep.reward)
         self._episode_max_reward = max(self._episode_max_reward, reward)
         return StepResult(self._observe(timestep.observation), reward, self._episode_max_reward >= self.max_reward)

@@ -3,7 +3,7 @@
 # budget (demos, steps, batch, learning rate, ResNet backbone, head n_emb/n_layer/n_head), then scored over the
 # same seeded rollouts: IMF at 1 and 2 steps, the baseline at DDIM-10.
 #
-#   bash benchmarks/compare_policies.sh            # full run: about 1 h on 2 CPU cores (agents train side by side)
+#   bash benchmarks/compare_policies.sh            # full run: about 2 h on 2 CPU cores (agents train side by side)
 #   QUICK=1 bash benchmarks/compare_policies.sh    # tiny sizes, a few minutes: checks the pipeline end to end
 #
 # Every size below can be overridden from the environment (e.g. STEPS=4000 bash ...). Each stage skips work
@@ -11,10 +11,10 @@
 # episode, training resumes from its run dir's last.pt (train.resume=auto, fixed hydra.run.dir), and an eval
 # with a summary.json is not repeated.
 #
-# STEPS: benchmarks/train_step_cost.py measured (2 CPU cores shared, batch 8, 96x96, head 256/8/4) about
-# 3.4 s per DDPM step and 4.0 s per IMF step; 64x64 images cut the ResNet share (most of the step) to about
-# 45 %: with both agents training at once (PARALLEL=1, one thread and one core each) a step took 0.9 s (DDPM) and
-# 1.2 s (IMF), so 2500 steps take about 50 min (80 min when a third process shares the cores). 64x64 keeps the cube and grippers visible on all three cameras.
+# Sizes: at 96x96 a batch-8 step costs 1.3 s (DDPM) / 1.6 s (IMF) on one CPU thread (benchmarks/train_step_cost.py),
+# mostly the three ResNets; 64x64 keeps the cube and grippers visible on all three cameras at about half that.
+# With both agents training at once (PARALLEL=1, one thread and one core each) 2500 steps took 0.91 h (DDPM) and
+# 1.08 h (IMF), and each 50-rollout evaluation 15-20 min. docs/results.md has the numbers of that run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

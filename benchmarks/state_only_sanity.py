@@ -2,8 +2,8 @@
 
 Both agents run without cameras on data=sim_transfer_state (condition = joint state + the cube pose the simulator
 records) and train with train_vla's Trainer. Measured on 2 CPU cores (docs/results.md): 8000 steps (3.4 min
-DDPM, 11 min IMF) take both policies to the cube (mean max reward 1.05 / 1.30 of 4; hold and random policies
-score 0) but not yet to a lift or a transfer. --min-max-reward turns the run into a check: a drop below it flags
+DDPM, 11 min IMF) take both policies to the cube (mean max reward 1.05 / 1.30 of 4; holding still
+scores 0), rarely to a lift and not to a transfer. --min-max-reward turns the run into a check: a drop below it flags
 a regression in the data pipeline, the objective, the sampler or the rollout bridge.
 
     python benchmarks/state_only_sanity.py --agent both --steps 8000 --min-max-reward 0.8

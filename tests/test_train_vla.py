@@ -7,10 +7,11 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+from hydra import compose, initialize_config_dir
 
 from roboimi.demos.vla_scripts.train_vla import Trainer
 from roboimi.vla.checkpoint import load_checkpoint, save_checkpoint
-from tests.tiny_config import TinyDatasetTestCase, compose_tiny
+from tests.tiny_config import CONFIG_DIR, TinyDatasetTestCase, compose_tiny
 
 
 def read_losses(run_dir: Path) -> dict[int, float]:
@@ -116,6 +117,31 @@ class TrainVLATest(TinyDatasetTestCase):
         cfg = compose_tiny("resnet_transformer", self.data_dir, [f"train.init_head_from={path}"])
         with self.assertRaisesRegex(ValueError, "missing"):
             Trainer(cfg, self.run_dir("wrong_head"))
+
+    def test_reference_imf_command_starts_training(self):
+        """The reference IMF-AttnRes run's overrides, with CPU sizes for device, steps, batch, workers and SwanLab."""
+        reference = (
+            "agent=resnet_imf_attnres data.camera_names=[r_vis,top,front] train.val_split=0.0 train.seed=42 "
+            "train.batch_size=80 train.lr=5e-4 train.max_steps=150000 train.log_freq=100 train.save_freq=10000 "
+            "train.rollout_val_freq_epochs=5 train.rollout_validate_on_checkpoint=false train.rollout_num_episodes=5 "
+            "train.warmup_steps=2000 train.scheduler_type=cosine train.min_lr=1e-6 train.weight_decay=1e-5 "
+            "train.grad_clip=1.0 agent.pred_horizon=16 agent.inference_steps=1 agent.head.n_emb=384 "
+            "agent.head.n_layer=18 agent.head.n_head=1 agent.head.n_kv_head=1 "
+            "agent.vision_backbone.pretrained_backbone_weights=null agent.vision_backbone.freeze_backbone=false "
+            "agent.vision_backbone.use_separate_rgb_encoder_per_camera=true"
+        ).split()
+        cpu = ["train.device=cpu", "train.max_steps=1", "train.batch_size=2", "train.num_workers=0", "train.use_swanlab=false"]
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+            cfg = compose("config", overrides=[*reference, f"data.dataset_dir={self.data_dir}", *cpu])
+        run_dir = self.run_dir("reference_imf")
+        trainer = Trainer(cfg, run_dir)
+        trainer.fit()
+        head = trainer.agent.noise_pred_net
+        self.assertEqual(type(head).__name__, "IMFTransformer1D")
+        # cond = 3 cameras x 64 keypoint features + 14 state dims = 206; 14-dim actions (spec count table).
+        self.assertEqual(sum(p.numel() for p in head.parameters()), 32_117_006)
+        self.assertEqual(trainer.global_step, 1)
+        self.assertTrue((run_dir / "checkpoints" / "step_1.pt").is_file())
 
     def test_batch_larger_than_the_dataset_is_a_clear_error(self):
         cfg = compose_tiny("resnet_transformer", self.data_dir, ["train.batch_size=1000"])

@@ -154,7 +154,7 @@ class StateOnlySanityRunTest(unittest.TestCase):
     """Both objectives, trained state-only on 50 recorded transfer demos, must reach the cube in rollouts.
 
     Records camera-less demos into data/sim_transfer_state_sanity when missing (under a minute), then trains each
-    agent for 8000 steps and rolls it out 20 times (about 15 min on 2 cores). Holding still scores 0.
+    agent for 8000 steps and rolls it out 20 times (10.5 min on 2 cores). Holding still scores 0.
     """
 
     DATASET_DIR = "data/sim_transfer_state_sanity"

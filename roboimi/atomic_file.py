@@ -5,6 +5,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+TEMP_FILE_GLOB = ".*.tmp"  # what an interrupted write leaves next to its destination
+
+
 @contextmanager
 def atomic_write_path(path):
     """Yield a temporary path next to `path`; after the block, fsync it and os.replace it onto `path`.

@@ -8,7 +8,6 @@ written carry consecutive successful seeds (stored in each file's attrs). Re-run
 continues after the last complete episode.
 """
 
-import re
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,8 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 from roboimi.envs.scripted_policy import Demonstration, ScriptedDemonstrator  # noqa: E402  (sets MUJOCO_GL)
 from gym_aloha.constants import FPS  # noqa: E402
-from roboimi.vla.data.episode_files import write_episode_file  # noqa: E402
+from roboimi.atomic_file import TEMP_FILE_GLOB  # noqa: E402
+from roboimi.vla.data.episode_files import COMPRESSIONS, EPISODE_PATTERN, write_episode_file  # noqa: E402
 
 DEFAULTS = {
     "task": "sim_transfer",
@@ -35,9 +35,7 @@ DEFAULTS = {
     "compression": "gzip",
     "save_failed": False,
 }
-COMPRESSIONS = ("gzip", "lzf")
 MAX_ATTEMPTS_PER_EPISODE = 3  # attempts allowed per requested episode before giving up
-EPISODE_FILE = re.compile(r"^episode_(\d+)\.hdf5$")
 
 
 def write_episode(path: Path, demo: Demonstration, task: str, compression: str):
@@ -55,9 +53,9 @@ def write_episode(path: Path, demo: Demonstration, task: str, compression: str):
 
 def _resume_point(dataset_dir: Path, first_seed: int) -> tuple[int, int]:
     """(episodes already complete, next seed to try); stray temporary files of an interrupted run are removed."""
-    for stray in dataset_dir.glob(".*.tmp"):
+    for stray in dataset_dir.glob(TEMP_FILE_GLOB):
         stray.unlink()
-    indices = {int(m.group(1)) for p in dataset_dir.iterdir() if (m := EPISODE_FILE.match(p.name))}
+    indices = {int(m.group(1)) for p in dataset_dir.iterdir() if (m := EPISODE_PATTERN.match(p.name))}
     done = 0
     while done in indices:
         done += 1

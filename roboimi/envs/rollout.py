@@ -229,18 +229,20 @@ def evaluate_policy(
     episodes, timings = [], {key: [] for key in TIMING_KEYS}
     artifacts = {"trajectory_data": [], "trajectory_images": [], "videos": []}
     bar = tqdm(total=num_episodes, desc=f"rollout {task}", unit="ep", disable=not progress)
-    for record in _episode_records(runner_kwargs, num_episodes, min(num_workers, num_episodes)):
-        for key in TIMING_KEYS:
-            timings[key].extend(record["timings"][key])
-        for key, paths in record["artifacts"].items():
-            artifacts[key].extend(paths)
-        episodes.append({key: record[key] for key in EPISODE_KEYS})
-        bar.update(1)
-        bar.set_postfix(success=f"{sum(e['success'] for e in episodes)}/{len(episodes)}")
-    bar.close()
-    if hasattr(policy, "train") and was_training is not None:
-        policy.train(was_training)
-    policy.reset()
+    try:
+        for record in _episode_records(runner_kwargs, num_episodes, min(num_workers, num_episodes)):
+            for key in TIMING_KEYS:
+                timings[key].extend(record["timings"][key])
+            for key, paths in record["artifacts"].items():
+                artifacts[key].extend(paths)
+            episodes.append({key: record[key] for key in EPISODE_KEYS})
+            bar.update(1)
+            bar.set_postfix(success=f"{sum(e['success'] for e in episodes)}/{len(episodes)}")
+    finally:  # the caller gets its policy back in the mode it had, with empty queues, even after an error
+        bar.close()
+        if hasattr(policy, "train") and was_training is not None:
+            policy.train(was_training)
+        policy.reset()
 
     summary = {
         "task": task,

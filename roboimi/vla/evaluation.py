@@ -65,7 +65,7 @@ def evaluate_agent(
 ) -> dict:
     """Run `num_episodes` seeded episodes of `cfg.eval.task` in `cfg.eval.num_workers` processes.
 
-    Returns the evaluator's summary dict; the agent's train/eval mode and queues are restored afterwards.
+    Returns the evaluator's summary dict; the evaluator restores the agent's train/eval mode and empties its queues.
     """
     # Imported here: importing the simulator fixes the MuJoCo GL backend, which training without rollouts never needs.
     from roboimi.envs.rollout import evaluate_policy
@@ -77,24 +77,19 @@ def evaluate_agent(
         fused_sdpa=cfg.eval.fused_sdpa,
         bf16_autocast=cfg.eval.bf16_autocast,
     )
-    was_training = agent.training
-    try:
-        return evaluate_policy(
-            policy,
-            task=cfg.eval.task,
-            num_episodes=num_episodes,
-            seed=cfg.eval.seed,
-            image_size=image_size,
-            camera_names=tuple(cfg.data.camera_names),
-            max_timesteps=cfg.eval.max_timesteps,
-            output_dir=output_dir,
-            record_video=record_video,
-            video_camera=cfg.eval.video_camera,
-            trajectory_image=cfg.eval.trajectory_image,
-            trajectory_camera=cfg.eval.trajectory_camera,
-            progress=progress,
-            num_workers=cfg.eval.num_workers,
-        )
-    finally:
-        agent.train(was_training)
-        agent.reset()
+    return evaluate_policy(
+        policy,
+        task=cfg.eval.task,
+        num_episodes=num_episodes,
+        seed=cfg.eval.seed,
+        image_size=image_size,
+        camera_names=tuple(cfg.data.camera_names),
+        max_timesteps=cfg.eval.max_timesteps,
+        output_dir=output_dir,
+        record_video=record_video,
+        video_camera=cfg.eval.video_camera,
+        trajectory_image=cfg.eval.trajectory_image,
+        trajectory_camera=cfg.eval.trajectory_camera,
+        progress=progress,
+        num_workers=cfg.eval.num_workers,
+    )

@@ -25,6 +25,7 @@ import numpy as np
 from roboimi.atomic_file import atomic_write_path
 
 EPISODE_PATTERN = re.compile(r"^episode_(\d+)\.hdf5$")
+COMPRESSIONS = ("gzip", "lzf")  # image dataset filters the writer supports
 RECORD_COMMAND = "python roboimi/demos/record_sim_episodes.py task=sim_transfer dataset_dir={dataset_dir}"
 
 
@@ -207,8 +208,8 @@ def write_episode_file(path, qpos, action, images, extra_observations=None, attr
     (e.g. qvel, env_state), attrs: file attributes besides sim=True.
     Images get one-frame chunks so that reading a window decompresses only the frames it needs.
     """
-    if compression not in ("gzip", "lzf"):
-        raise ValueError(f"compression must be 'gzip' or 'lzf', got {compression!r}.")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}.")
     options = {"compression": "gzip", "compression_opts": 1} if compression == "gzip" else {"compression": "lzf"}
     with atomic_write_path(path) as tmp_path, h5py.File(tmp_path, "w") as f:
         f.attrs["sim"] = True

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from roboimi.demos.vla_scripts.train_vla import CONFIG_DIR, Trainer
+from roboimi.vla import CONFIG_DIR
+from roboimi.vla.trainer import Trainer
 from roboimi.vla.data.episode_files import find_episode_files
 from roboimi.vla.evaluation import evaluate_agent
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from roboimi.demos.vla_scripts.train_vla import Trainer
+from roboimi.vla.trainer import Trainer
+from roboimi.vla.checkpoint import load_checkpoint
 from roboimi.vla.distributed import AgentLoss, parameter_fingerprint
 from tests.synthetic_episodes import write_dataset
 from tests.tiny_config import compose_tiny
@@ -90,7 +91,7 @@ class DistributedTrainingTest(unittest.TestCase):
         self.assertEqual(sorted(p.name for p in (out / "rank_0" / "checkpoints").iterdir()), ["last.pt", "step_3.pt"])
         self.assertFalse((out / "rank_1" / "checkpoints").exists(), "rank 1 wrote a checkpoint")
         self.assertFalse((out / "rank_1" / "logs.json.txt").exists(), "rank 1 wrote logs")
-        self.assertEqual(torch.load(out / "rank_0" / "checkpoints" / "last.pt", weights_only=False)["world_size"], 2)
+        self.assertEqual(load_checkpoint(out / "rank_0" / "checkpoints" / "last.pt")["world_size"], 2)
 
         torch.set_num_threads(1)
         cfg = compose_tiny("resnet_imf_attnres", self.data_dir, [*OVERRIDES, "train.batch_size=2"])

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from roboimi.demos.vla_scripts import eval_vla
-from roboimi.demos.vla_scripts.train_vla import Trainer
+from roboimi.vla.trainer import Trainer
 from tests.synthetic_episodes import write_dataset
 from tests.tiny_config import compose_tiny
 

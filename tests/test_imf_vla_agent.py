@@ -123,6 +123,60 @@ class JvpTest(unittest.TestCase):
         torch.testing.assert_close(u.grad, torch.ones_like(u))
 
 
+class XPredictionTest(unittest.TestCase):
+    """prediction='x': the head estimates the clean chunk and u = (z - x̂) / max(t, x_prediction_min_t)."""
+
+    def setUp(self):
+        self.agent = make_imf_agent(prediction="x").double().eval()
+        g = torch.Generator().manual_seed(0)
+        self.z = torch.randn(2, PRED_HORIZON, ACTION_DIM, generator=g, dtype=torch.float64)
+        self.v = torch.randn(2, PRED_HORIZON, ACTION_DIM, generator=g, dtype=torch.float64)
+        self.cond = torch.randn(2, OBS_HORIZON, self.agent.cond_dim, generator=g, dtype=torch.float64)
+        self.r = torch.tensor([0.2, 0.4], dtype=torch.float64)
+        self.t = torch.tensor([0.7, 0.4], dtype=torch.float64)
+
+    def u_by_hand(self, z, r, t):
+        x_hat = self.agent.noise_pred_net(z, r, t, self.cond)
+        return (z - x_hat) / t.clamp(min=1e-3)[:, None, None]
+
+    def test_u_is_the_velocity_towards_the_predicted_data(self):
+        with torch.no_grad():
+            torch.testing.assert_close(self.agent._average_velocity(self.z, self.r, self.t, self.cond), self.u_by_hand(self.z, self.r, self.t))
+            tiny_t = torch.tensor([1e-6, 0.5], dtype=torch.float64)  # clamped to 1e-3, u stays finite
+            torch.testing.assert_close(self.agent._average_velocity(self.z, self.r * 0, tiny_t, self.cond), self.u_by_hand(self.z, self.r * 0, tiny_t))
+
+    def test_jvp_matches_finite_difference_of_the_parameterized_u(self):
+        u, du_dt = self.agent._compute_u_and_du_dt(self.z, self.r, self.t, self.v, self.cond)
+        h = 1e-5
+        with torch.no_grad():
+            torch.testing.assert_close(u, self.u_by_hand(self.z, self.r, self.t))
+            plus = self.u_by_hand(self.z + h * self.v, self.r, self.t + h)
+            minus = self.u_by_hand(self.z - h * self.v, self.r, self.t - h)
+        torch.testing.assert_close(du_dt, (plus - minus) / (2 * h), atol=1e-7, rtol=1e-6)
+
+    def test_one_step_returns_the_head_estimate(self):
+        agent = make_imf_agent(prediction="x", inference_steps=1).eval()
+        batch = make_batch(batch=3)
+        noise = torch.randn(3, PRED_HORIZON, ACTION_DIM)
+        with torch.no_grad():
+            cond = agent._build_cond(batch["images"], batch["qpos"])
+            expected = agent._unnormalize_action(agent.noise_pred_net(noise, 0.0, 1.0, cond))
+        torch.testing.assert_close(agent.predict_action(batch, noise=noise), expected, atol=1e-5, rtol=1e-5)
+
+    def test_loss_differs_from_u_prediction_on_the_same_draws(self):
+        batch = make_batch()
+        loss_u = seeded_loss(make_imf_agent(prediction="u").train(), batch)
+        loss_x = seeded_loss(make_imf_agent(prediction="x").train(), batch)
+        self.assertTrue(torch.isfinite(loss_x))
+        self.assertNotAlmostEqual(loss_u.item(), loss_x.item(), places=3)
+
+    def test_unknown_prediction_and_clamp_messages(self):
+        with self.assertRaisesRegex(ValueError, r"Unsupported IMF prediction: 'eps'.*agent.prediction"):
+            make_imf_agent(prediction="eps")
+        with self.assertRaisesRegex(ValueError, r"x_prediction_min_t=0.0 must lie in \(0, 1\]"):
+            make_imf_agent(prediction="x", x_prediction_min_t=0.0)
+
+
 class LossTest(unittest.TestCase):
     def test_finite_scalar_with_gradients_on_head_and_backbone(self):
         agent = make_imf_agent(image_size=64).train()  # 64 px: a 2x2 feature map, so the trunk gets gradient
@@ -149,6 +203,33 @@ class LossTest(unittest.TestCase):
         real_changed = dict(batch, action=batch["action"].clone())
         real_changed["action"][1, 1] -= 50.0
         self.assertNotAlmostEqual(seeded_loss(agent, real_changed).item(), base, places=4)
+
+    def test_split_rows_give_the_loss_and_gradients_of_the_jvp_on_every_row(self):
+        """r = t rows skip the v pass and the JVP; with dropout off nothing else may change."""
+        batch = make_batch(batch=4)
+        for proportion in (0.0, 0.5, 1.0):
+            for prediction in ("u", "x"):
+                with self.subTest(data_proportion=proportion, prediction=prediction):
+                    agent = make_imf_agent(data_proportion=proportion, prediction=prediction).eval()
+                    loss = seeded_loss(agent, batch)
+                    grads = torch.autograd.grad(loss, list(agent.noise_pred_net.parameters())[1:])
+
+                    torch.manual_seed(0)  # every row through the JVP, as the objective is written
+                    x = agent._normalize_action(batch["action"])
+                    cond = agent._build_cond(batch["images"], batch["qpos"])
+                    e = torch.randn_like(x)
+                    t, r = agent._sample_tr(x)
+                    z_t = (1 - t[:, None, None]) * x + t[:, None, None] * e
+                    with torch.no_grad():
+                        v = agent._average_velocity(z_t, t, t, cond)
+                    u, du_dt = agent._compute_u_and_du_dt(z_t, r, t, v, cond)
+                    error = agent._compound_velocity(u, du_dt, t, r) - (e - x)
+                    expected = agent._masked_mean(error**2, batch["action_is_pad"])
+                    expected_grads = torch.autograd.grad(expected, list(agent.noise_pred_net.parameters())[1:])
+
+                    torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-5)
+                    for grad, expected_grad in zip(grads, expected_grads):
+                        torch.testing.assert_close(grad, expected_grad, atol=1e-6, rtol=1e-4)
 
     def test_elementwise_losses(self):
         error = torch.tensor([0.0, 1.0, 2.0])

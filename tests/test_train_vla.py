@@ -9,7 +9,7 @@ from unittest import mock
 import torch
 from hydra import compose, initialize_config_dir
 
-from roboimi.demos.vla_scripts.train_vla import Trainer
+from roboimi.vla.trainer import Trainer
 from roboimi.vla.checkpoint import load_checkpoint, save_checkpoint
 from tests.tiny_config import CONFIG_DIR, TinyDatasetTestCase, compose_tiny
 

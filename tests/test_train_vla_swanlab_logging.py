@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from roboimi.demos.vla_scripts.train_vla import Trainer
+from roboimi.vla.trainer import Trainer
 from roboimi.vla.experiment_logger import ExperimentLogger
 from tests.tiny_config import TinyDatasetTestCase, compose_tiny
 

@@ -4,7 +4,9 @@
 
 The agent is rebuilt from the checkpoint alone (config, weights, normalization stats). Any `eval.*` key, and
 `agent.inference_steps`, can be overridden; the rest of the stored config is used as trained.
-Writes <output_dir>/summary.json (success_rate, mean_return, num_episodes, mean_inference_ms, per-episode entries).
+Rollouts act with the EMA weights when the checkpoint has them; `eval.use_ema=false` evaluates the trained weights.
+Writes <output_dir>/summary.json (success_rate, mean_return, num_episodes, mean_inference_ms, weights, per-episode
+entries).
 """
 import json
 import sys
@@ -47,7 +49,10 @@ def main(argv: list[str]) -> dict:
         ),
         resolve=True,
     )
-    agent, cfg = build_agent_from_checkpoint(checkpoint, device)
+    use_ema = checkpoint["config"]["eval"]["use_ema"]
+    agent, cfg, weights = build_agent_from_checkpoint(checkpoint, device, use_ema=use_ema)
+    if use_ema and weights == "raw":
+        print(f"{ckpt_path} holds no EMA weights (trained with train.use_ema=false): evaluating the trained weights.")
     if cfg.eval.task is None:
         raise ValueError("The checkpoint has no built-in task to evaluate in (eval.task is null). Pass eval.task=sim_transfer or another registered task.")
     output_dir = Path(cfg.eval.output_dir or ckpt_path.parent.parent / "eval")
@@ -58,9 +63,10 @@ def main(argv: list[str]) -> dict:
     )
     summary["checkpoint"] = str(ckpt_path)
     summary["global_step"] = checkpoint["global_step"]
+    summary["weights"] = weights
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(
-        f"success rate {summary['success_rate']:.3f} over {summary['num_episodes']} episodes, "
+        f"success rate {summary['success_rate']:.3f} over {summary['num_episodes']} episodes ({weights} weights), "
         f"mean return {summary['mean_return']:.2f}, inference {summary['mean_inference_ms']:.1f} ms -> {output_dir}/summary.json"
     )
     return summary

@@ -3,7 +3,8 @@
 The external head has the same state-dict keys as IMFTransformer1D, but a saved file usually nests them:
 behind a prefix (`model.`, `noise_pred_net.`, `module.`, or several of them) and/or inside a checkpoint
 dict (`state_dict`, `state_dicts` -> `model` / `ema_model`, `ema`, ...). The loader finds the one mapping
-that holds head keys, strips the prefix, and loads strictly.
+that holds head keys, strips the prefix, and loads strictly. A RoboIMI training checkpoint gives its EMA head
+when it has one, else its trained head.
 """
 import os
 import pickle
@@ -96,6 +97,8 @@ def load_external_imf_head_state_dict(head: nn.Module, path_or_state_dict, prefi
     checkpoint = _load_file(path_or_state_dict) if isinstance(path_or_state_dict, (str, os.PathLike)) else path_or_state_dict
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f'Expected a checkpoint dict or state dict, got {type(checkpoint).__name__}.')
+    if 'agent' in checkpoint and 'config' in checkpoint:  # a RoboIMI checkpoint: the agent's head
+        checkpoint, prefix = checkpoint.get('ema', checkpoint['agent']), 'noise_pred_net.'
     if prefix and not prefix.endswith('.'):
         prefix += '.'
     state_dict, prefix = _select_head_state_dict(checkpoint, prefix)

@@ -2,8 +2,8 @@
 
 A training run dir holds logs.json.txt (one JSON object per line: step, time, train/loss, train/lr, ...); an
 eval dir holds summary.json (success_rate, mean_return, mean_max_reward, num_episodes, mean_inference_ms,
-episodes). Writes <figures-dir>/loss_curves.png, success_vs_nfe.png and latency_vs_nfe.png, and prints the
-table (or writes it to --out).
+episodes). Writes <figures-dir>/loss_curves.png, success_vs_nfe.png, latency_vs_nfe.png and, when the runs logged
+rollout validation (rollout/success_rate), success_vs_step.png; prints the table (or writes it to --out).
 
     python benchmarks/summarize_results.py \
         --train DDPM runs/compare/train_ddpm --train IMF runs/compare/train_imf \
@@ -71,6 +71,26 @@ def plot_loss_curves(runs: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_success_curves(runs: dict[str, list[dict]], path: Path) -> bool:
+    """Rollout-validation success vs optimizer step; False (no file) when no run logged rollouts."""
+    curves = {label: series(records, "rollout/success_rate") for label, records in runs.items()}
+    if not any(steps for steps, _ in curves.values()):
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, (steps, rates) in curves.items():
+        ax.plot(steps, [100 * r for r in rates], marker="o", label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("rollout validation success (%)")
+    ax.set_ylim(-5, 105)
+    ax.set_title("Success during training (validation rollouts, held-out seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def plot_against_nfe(evals: list[tuple[str, int, dict]], path: Path, value, error, ylabel: str, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for label, nfe, summary in evals:
@@ -108,13 +128,14 @@ def markdown_tables(runs: dict[str, list[dict]], evals: list[tuple[str, int, dic
         "per environment step, averaged over all steps (one sampling per executed action chunk, queue pops in "
         "between).",
         "",
-        "| training run | steps | final train loss | logged wall time (h) |",
-        "|---|---|---|---|",
+        "| training run | steps | final train loss | logged wall time (h) | validation success by step (%) |",
+        "|---|---|---|---|---|",
     ]
     for label, records in runs.items():
         steps, losses = series(records, "train/loss")
         hours = (records[-1]["time"] - records[0]["time"]) / 3600
-        lines.append(f"| {label} | {steps[-1]} | {losses[-1]:.4f} | {hours:.2f} |")
+        curve = ", ".join(f"{s}: {100 * r:.0f}" for s, r in zip(*series(records, "rollout/success_rate"))) or "n/a"
+        lines.append(f"| {label} | {steps[-1]} | {losses[-1]:.4f} | {hours:.2f} | {curve} |")
     lines += ["", "Logged wall time spans the first to the last log record (excludes start-up and the first log_freq steps)."]
     return "\n".join(lines) + "\n"
 
@@ -144,10 +165,11 @@ def main():
         evals, figures / "latency_vs_nfe.png", lambda s: s["mean_inference_ms"], None,
         "policy inference (ms per env step)", "Rollout inference time vs sampling cost",
     )
+    curves = plot_success_curves(runs, figures / "success_vs_step.png")
     table = markdown_tables(runs, evals)
     if args.out:
         Path(args.out).write_text(table)
-        print(f"wrote {args.out} and 3 figures in {figures}/")
+        print(f"wrote {args.out} and {4 if curves else 3} figures in {figures}/")
     else:
         print(table, end="")
 

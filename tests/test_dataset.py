@@ -292,8 +292,10 @@ class TestErrors(unittest.TestCase):
     def test_mismatched_image_shapes_name_files(self):
         self.episode(0, image_size=(8, 8))
         self.episode(1, image_size=(8, 12))
-        with self.assertRaisesRegex(ValueError, r"'top'.*\(8, 12, 3\).*episode_1\.hdf5.*\(8, 8, 3\).*episode_0\.hdf5"):
+        with self.assertRaisesRegex(ValueError, r"'top'.*\(8, 12, 3\).*episode_1\.hdf5.*\(8, 8, 3\).*episode_0\.hdf5.*image_resize_shape"):
             build_datasets(self.dir, ["top"], 2, 4)
+        bundle = build_datasets(self.dir, ["top"], 2, 4, image_resize_shape=(6, 6))
+        self.assertEqual({tuple(bundle.train[i]["images"]["top"].shape) for i in range(len(bundle.train))}, {(2, 3, 6, 6)})
 
     def test_short_episode_is_skipped_with_warning(self):
         self.episode(0, length=6)

@@ -4,6 +4,7 @@ import os
 import tempfile
 import unittest
 
+import h5py
 import numpy as np
 import torch
 
@@ -144,6 +145,31 @@ class TestDatasetStats(unittest.TestCase):
         np.testing.assert_array_equal(stats["action_max"], reference["action_max"])
         with open(cache) as f:
             self.assertIn("stats", json.load(f))
+
+    def test_nan_in_an_episode_names_file_key_and_frame_and_writes_no_cache(self):
+        with h5py.File(self.paths[2], "r+") as f:
+            f["action"][4, 3] = np.nan
+            f["observations/qpos"][6, 0] = np.inf
+        with self.assertRaisesRegex(ValueError, r"episode_2\.hdf5': /action holds NaN or inf, first at frame 4 \(1 frame"):
+            self.build()
+        self.assertEqual(self.cache_files(), [])
+
+    def test_non_finite_cache_is_ignored_and_non_finite_stats_are_never_written(self):
+        reference = self.build().stats
+        [cache] = self.cache_files()
+        with open(cache) as f:
+            content = json.load(f)
+        content["stats"]["qpos_min"][0] = float("nan")
+        with open(cache, "w") as f:
+            json.dump(content, f)
+        with self.assertWarnsRegex(UserWarning, "holds NaN or inf"):
+            stats = self.build().stats
+        np.testing.assert_array_equal(stats["qpos_min"], reference["qpos_min"])
+        bad = compute_stats([np.full((2, 3), np.nan)], [np.zeros((2, 1))])
+        with tempfile.TemporaryDirectory() as empty:
+            with self.assertRaisesRegex(ValueError, "not finite"):
+                load_or_compute_stats(empty, self.paths, lambda: bad)
+            self.assertEqual(os.listdir(empty), [])
 
     def test_unwritable_directory_computes_without_cache(self):
         # /proc refuses new files even for root, unlike a chmod-ed directory.

@@ -1,7 +1,9 @@
 """Expert episode recorder: ACT-layout files, consistent lengths, atomic writes and resuming."""
 
+import io
 import tempfile
 import unittest
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import h5py
@@ -47,6 +49,26 @@ class RecorderTest(unittest.TestCase):
             # Nothing left to do when all requested episodes exist.
             summary = record_episodes(num_episodes=2, seed=5, **kwargs)
             self.assertEqual((summary["episodes_written"], summary["attempts"]), (0, 0))
+
+    def test_resume_refuses_other_settings_and_records_a_corrupt_tail_again(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "demos"
+            kwargs = dict(task="sim_transfer", dataset_dir=out, camera_names=("top",), progress=False)
+            record_episodes(num_episodes=2, seed=3, image_size=(16, 16), **kwargs)
+            with self.assertRaisesRegex(ValueError, r"image_size=\[16, 16\] \(episode_0\.hdf5\); this run asks for image_size=\[24, 24\]"):
+                record_episodes(num_episodes=3, seed=3, image_size=(24, 24), **kwargs)
+            with self.assertRaisesRegex(ValueError, r"camera_names=\['top'\].*asks for camera_names=\['front', 'top'\]"):
+                record_episodes(num_episodes=3, seed=3, image_size=(16, 16), **{**kwargs, "camera_names": ("top", "front")})
+            with self.assertRaisesRegex(ValueError, r"task=sim_transfer.*asks for task=sim_insertion"):
+                record_episodes(num_episodes=3, seed=3, image_size=(16, 16), **{**kwargs, "task": "sim_insertion"})
+
+            (out / "episode_1.hdf5").write_bytes(b"truncated by a crash")
+            with redirect_stdout(io.StringIO()) as printed:
+                summary = record_episodes(num_episodes=2, seed=3, image_size=(16, 16), **kwargs)
+            self.assertIn("episode_1.hdf5 is unreadable or incomplete", printed.getvalue())
+            self.assertEqual((summary["episodes_written"], summary["episodes_total"]), (1, 2))
+            with h5py.File(out / "episode_1.hdf5", "r") as f:
+                self.assertEqual(f.attrs["seed"], 4)  # recorded again with the seed it had
 
     def test_rejects_unknown_compression(self):
         with tempfile.TemporaryDirectory() as tmp, self.assertRaisesRegex(ValueError, "gzip"):

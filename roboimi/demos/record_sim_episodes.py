@@ -51,18 +51,52 @@ def write_episode(path: Path, demo: Demonstration, task: str, compression: str):
     )
 
 
-def _resume_point(dataset_dir: Path, first_seed: int) -> tuple[int, int]:
-    """(episodes already complete, next seed to try); stray temporary files of an interrupted run are removed."""
+def _recorded_settings(path: Path) -> dict:
+    """The task, cameras and image size an episode file was recorded with (OSError if HDF5 cannot read it)."""
+    with h5py.File(path, "r") as f:
+        images = f["observations/images"]
+        shapes = {tuple(images[cam].shape[1:3]) for cam in images}
+        return {
+            "task": f.attrs.get("task"),
+            "camera_names": sorted(images),
+            "image_size": list(shapes.pop()) if shapes else None,
+            "seed": int(f.attrs["seed"]),
+        }
+
+
+def _resume_point(dataset_dir: Path, first_seed: int, request: dict) -> tuple[int, int]:
+    """(episodes already complete, next seed to try).
+
+    Stray temporary files of an interrupted run are removed; an unreadable last episode is named and recorded
+    again; episodes recorded with another task, cameras or image size are refused, since appending to them would
+    mix two datasets.
+    """
     for stray in dataset_dir.glob(TEMP_FILE_GLOB):
         stray.unlink()
     indices = {int(m.group(1)) for p in dataset_dir.iterdir() if (m := EPISODE_PATTERN.match(p.name))}
     done = 0
     while done in indices:
         done += 1
-    if done == 0:
-        return 0, first_seed
-    with h5py.File(dataset_dir / f"episode_{done - 1}.hdf5", "r") as f:
-        return done, int(f.attrs["seed"]) + 1
+    next_seed = first_seed
+    for index in range(done):
+        path = dataset_dir / f"episode_{index}.hdf5"
+        try:
+            recorded = _recorded_settings(path)
+        except (OSError, KeyError) as error:
+            if index < done - 1:
+                raise ValueError(f"Episode file {path} is unreadable ({error}); delete it and re-run to record it again.") from None
+            print(f"Episode file {path} is unreadable or incomplete ({error}); recording it again.")
+            path.unlink()
+            return index, next_seed
+        expected = {"task": request["task"], "camera_names": sorted(request["camera_names"]), "image_size": list(request["image_size"]) if request["camera_names"] else None}
+        for key, value in expected.items():
+            if recorded[key] != value:
+                raise ValueError(
+                    f"{dataset_dir} holds episodes recorded with {key}={recorded[key]} ({path.name}); this run asks for "
+                    f"{key}={value}. Record into another dataset_dir, or use the settings the directory was recorded with."
+                )
+        next_seed = recorded["seed"] + 1
+    return done, next_seed
 
 
 def record_episodes(
@@ -87,7 +121,8 @@ def record_episodes(
         raise ValueError(f"num_episodes must be >= 0, got {num_episodes}.")
     dataset_dir = Path(dataset_dir)
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    written, next_seed = _resume_point(dataset_dir, seed)
+    request = {"task": task, "camera_names": list(camera_names), "image_size": list(image_size)}
+    written, next_seed = _resume_point(dataset_dir, seed, request)
     already_written = written
     demonstrator = ScriptedDemonstrator(task, image_size=image_size, camera_names=camera_names)
     max_attempts = MAX_ATTEMPTS_PER_EPISODE * max(num_episodes - written, 0)

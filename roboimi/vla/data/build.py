@@ -50,7 +50,9 @@ def build_datasets(
 ):
     """state_keys: `/observations/<key>` datasets concatenated, in order, into the state the samples call qpos."""
     camera_names, state_keys = list(camera_names), tuple(state_keys)
-    episodes, skipped = discover_episodes(dataset_dir, camera_names, obs_horizon, state_keys)
+    episodes, skipped = discover_episodes(
+        dataset_dir, camera_names, obs_horizon, state_keys, same_image_size=image_resize_shape is None
+    )
     if image_resize_shape is None:
         check_camera_shapes_agree(episodes[0], camera_names)
     train_ids, val_ids = split_episodes(len(episodes), val_split, seed)

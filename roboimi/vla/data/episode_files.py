@@ -84,6 +84,18 @@ def _state_dim(f, path, state_keys, length):
     return sum(f[f"observations/{key}"].shape[1] for key in state_keys)
 
 
+def _require_finite(f, path, keys):
+    """Name the file, dataset and first frame holding NaN or inf: such a value would poison the stats and the loss."""
+    for key in keys:
+        values = f[key][()]
+        bad_frames = np.flatnonzero(~np.isfinite(values).all(axis=tuple(range(1, values.ndim))))
+        if bad_frames.size:
+            raise ValueError(
+                f"Episode file '{path}': /{key} holds NaN or inf, first at frame {bad_frames[0]} "
+                f"({bad_frames.size} frame(s) in all). Re-record the episode or remove it from the dataset directory."
+            )
+
+
 def read_episode_info(path, camera_names, state_keys=("qpos",)):
     """Metadata of one episode. Raises OSError if HDF5 cannot read the file, ValueError if the layout is wrong."""
     if not state_keys:
@@ -129,17 +141,19 @@ def read_episode_info(path, camera_names, state_keys=("qpos",)):
                     f"/observations/qpos has {qpos.shape[0]}. Re-record the episode."
                 )
             image_shapes[cam] = tuple(images.shape[1:])
+        state_dim = _state_dim(f, path, state_keys, qpos.shape[0])
+        _require_finite(f, path, ["action", *(f"observations/{key}" for key in state_keys)])
         return EpisodeInfo(
             path=path,
             index=episode_index(path),
             length=qpos.shape[0],
-            state_dim=_state_dim(f, path, state_keys, qpos.shape[0]),
+            state_dim=state_dim,
             action_dim=action.shape[1],
             image_shapes=image_shapes,
         )
 
 
-def _check_consistent(episodes, camera_names):
+def _check_consistent(episodes, camera_names, same_image_size=True):
     reference = episodes[0]
     for field in ("state_dim", "action_dim"):
         groups = {}
@@ -151,13 +165,13 @@ def _check_consistent(episodes, camera_names):
                 f"Episodes disagree on {field} ({listing}). All episodes of a dataset must share one state and "
                 f"action layout; move the odd files to a separate dataset directory."
             )
-    for cam in camera_names:
+    for cam in camera_names if same_image_size else ():
         for episode in episodes:
             if episode.image_shapes[cam] != reference.image_shapes[cam]:
                 raise ValueError(
                     f"Camera '{cam}' has image shape {episode.image_shapes[cam]} in '{episode.path}' but "
-                    f"{reference.image_shapes[cam]} in '{reference.path}'. Record all episodes at one image size "
-                    f"or move the odd files to a separate dataset directory."
+                    f"{reference.image_shapes[cam]} in '{reference.path}'. Resize them to one size on read with "
+                    f"data.image_resize_shape=[H,W], or move the odd files to a separate dataset directory."
                 )
 
 
@@ -171,8 +185,9 @@ def check_camera_shapes_agree(episode, camera_names):
         )
 
 
-def discover_episodes(dataset_dir, camera_names, obs_horizon, state_keys=("qpos",)):
+def discover_episodes(dataset_dir, camera_names, obs_horizon, state_keys=("qpos",), same_image_size=True):
     """Validated episodes of `dataset_dir` plus the skipped ones. An empty `camera_names` means state only.
+    `same_image_size=False` (images resized on read) lets episodes differ in image size.
 
     Returns (episodes: list[EpisodeInfo] sorted by index, skipped: list[(path, reason)]).
     """
@@ -197,7 +212,7 @@ def discover_episodes(dataset_dir, camera_names, obs_horizon, state_keys=("qpos"
             f"No usable episodes left in '{dataset_dir}' after skipping {len(skipped)} file(s) (reasons above). "
             f"Re-record the dataset with `{RECORD_COMMAND.format(dataset_dir=dataset_dir)}`."
         )
-    _check_consistent(episodes, camera_names)
+    _check_consistent(episodes, camera_names, same_image_size)
     return episodes, skipped
 
 

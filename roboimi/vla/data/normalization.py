@@ -67,7 +67,11 @@ def _read_cache(path, key):
             content = json.load(f)
         if content.get("key") != key:
             return None
-        return {name: np.asarray(content["stats"][name], dtype=np.float32) for name in STATS_KEYS}
+        stats = {name: np.asarray(content["stats"][name], dtype=np.float32) for name in STATS_KEYS}
+        if not all(np.isfinite(value).all() for value in stats.values()):
+            warnings.warn(f"Ignoring stats cache '{path}': it holds NaN or inf; recomputing the stats.", stacklevel=3)
+            return None
+        return stats
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as error:
@@ -89,6 +93,11 @@ def load_or_compute_stats(dataset_dir, train_paths, compute):
     if cached is not None:
         return cached
     stats = compute()
+    if not all(np.isfinite(value).all() for value in stats.values()):
+        raise ValueError(
+            f"The normalization stats of '{dataset_dir}' are not finite; an episode holds NaN or inf values. "
+            f"Find it by rebuilding the dataset (episode discovery names the file and frame)."
+        )
     try:
         _write_cache_atomically(path, key, stats)
     except OSError as error:

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# State-only recipes: both agents trained with the committed configs (agent=state_*, data=<task>_state, train=state)
+# on camera-less scripted demos, then scored over 50 held-out seeds (1000-1049; the demos used seeds 0-49):
+# the baseline at DDIM-10, IMF-AttnRes at 1 and 2 steps. docs/results.md has the numbers of the committed run.
+#
+#   bash benchmarks/state_recipes.sh                      # both tasks: about 1 h on 2 CPU cores
+#   TASKS=sim_transfer bash benchmarks/state_recipes.sh   # one task
+#   OVERRIDES="train.use_ema=false" OUT=runs/state_no_ema bash benchmarks/state_recipes.sh   # an ablation
+#
+# Each agent trains in its own process on one core (one torch thread), the two side by side. Every stage skips what
+# is done: the recorder resumes, training resumes from the run dir (train.resume=auto), a finished eval is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-.venv/bin/python}
+"$PYTHON" -c "import matplotlib" 2>/dev/null || "$PYTHON" -m pip install -q -e ".[bench]"  # the plots
+TASKS=${TASKS:-"sim_transfer sim_insertion"}
+EPISODES=${EPISODES:-50}             # training demos per task (seeds 0..)
+EVAL_EPISODES=${EVAL_EPISODES:-50}   # held-out rollouts per policy (seeds 1000..)
+OVERRIDES=${OVERRIDES:-}             # extra Hydra overrides for both agents, e.g. "train.lr=3e-4"
+OUT=${OUT:-runs/state_recipes}
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+
+train() {  # train TASK AGENT
+    local task=$1 agent=$2 run_dir=$OUT/$1_$2
+    echo "== train $agent on ${task}_state in $run_dir (log: $run_dir.log)"
+    # shellcheck disable=SC2086
+    "$PYTHON" roboimi/demos/vla_scripts/train_vla.py agent="$agent" data="${task}_state" train=state \
+        data.dataset_dir="data/${task}_state_$EPISODES" train.resume=auto hydra.run.dir="$run_dir" $OVERRIDES > "$run_dir.log" 2>&1
+}
+
+evaluate() {  # evaluate TASK AGENT INFERENCE_STEPS
+    local run_dir=$OUT/$1_$2 out_dir=$OUT/$1_$2/eval_nfe$3
+    if [ -f "$out_dir/summary.json" ]; then
+        echo "== $out_dir/summary.json exists, evaluation skipped"
+        return
+    fi
+    "$PYTHON" roboimi/demos/vla_scripts/eval_vla.py ckpt_path="$run_dir/checkpoints/last.pt" agent.inference_steps="$3" \
+        eval.num_episodes="$EVAL_EPISODES" eval.output_dir="$out_dir" eval.trajectory_image=false
+}
+
+mkdir -p "$OUT"
+for task in $TASKS; do
+    echo "== record $EPISODES camera-less $task demos in data/${task}_state_$EPISODES"
+    "$PYTHON" roboimi/demos/record_sim_episodes.py task="$task" num_episodes="$EPISODES" \
+        dataset_dir="data/${task}_state_$EPISODES" camera_names=[] seed=0
+    train "$task" state_transformer & ddpm=$!
+    train "$task" state_imf_attnres & imf=$!
+    wait $ddpm || { echo "state_transformer training failed: $OUT/${task}_state_transformer.log"; exit 1; }
+    wait $imf || { echo "state_imf_attnres training failed: $OUT/${task}_state_imf_attnres.log"; exit 1; }
+    evaluate "$task" state_transformer 10 & e1=$!
+    evaluate "$task" state_imf_attnres 1 & e2=$!
+    wait $e1 $e2
+    evaluate "$task" state_imf_attnres 2
+    "$PYTHON" benchmarks/summarize_results.py --figures-dir "$OUT/figures_$task" --out "$OUT/results_$task.md" \
+        --train DDPM "$OUT/${task}_state_transformer" --train IMF "$OUT/${task}_state_imf_attnres" \
+        --eval DDIM-10 10 "$OUT/${task}_state_transformer/eval_nfe10" \
+        --eval IMF-1 1 "$OUT/${task}_state_imf_attnres/eval_nfe1" --eval IMF-2 2 "$OUT/${task}_state_imf_attnres/eval_nfe2"
+    cat "$OUT/results_$task.md"
+done

@@ -6,6 +6,7 @@
 #   bash benchmarks/state_recipes.sh                      # both tasks: about 1 h on 2 CPU cores
 #   TASKS=sim_transfer bash benchmarks/state_recipes.sh   # one task
 #   OVERRIDES="train.use_ema=false" OUT=runs/state_no_ema bash benchmarks/state_recipes.sh   # an ablation
+#   AGENTS=state_imf_attnres OVERRIDES="agent.prediction=u" OUT=runs/state_imf_u bash benchmarks/state_recipes.sh
 #
 # Each agent trains in its own process on one core (one torch thread), the two side by side. Every stage skips what
 # is done: the recorder resumes, training resumes from the run dir (train.resume=auto), a finished eval is kept.
@@ -15,9 +16,10 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 "$PYTHON" -c "import matplotlib" 2>/dev/null || "$PYTHON" -m pip install -q -e ".[bench]"  # the plots
 TASKS=${TASKS:-"sim_transfer sim_insertion"}
+AGENTS=${AGENTS:-"state_transformer state_imf_attnres"}
 EPISODES=${EPISODES:-50}             # training demos per task (seeds 0..)
 EVAL_EPISODES=${EVAL_EPISODES:-50}   # held-out rollouts per policy (seeds 1000..)
-OVERRIDES=${OVERRIDES:-}             # extra Hydra overrides for both agents, e.g. "train.lr=3e-4"
+OVERRIDES=${OVERRIDES:-}             # extra Hydra overrides for every agent, e.g. "train.lr=3e-4"
 OUT=${OUT:-runs/state_recipes}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
@@ -36,7 +38,7 @@ evaluate() {  # evaluate TASK AGENT INFERENCE_STEPS
         return
     fi
     "$PYTHON" roboimi/demos/vla_scripts/eval_vla.py ckpt_path="$run_dir/checkpoints/last.pt" agent.inference_steps="$3" \
-        eval.num_episodes="$EVAL_EPISODES" eval.output_dir="$out_dir" eval.trajectory_image=false
+        eval.num_episodes="$EVAL_EPISODES" eval.output_dir="$out_dir" eval.trajectory_image=false eval.num_workers=2
 }
 
 mkdir -p "$OUT"
@@ -44,14 +46,16 @@ for task in $TASKS; do
     echo "== record $EPISODES camera-less $task demos in data/${task}_state_$EPISODES"
     "$PYTHON" roboimi/demos/record_sim_episodes.py task="$task" num_episodes="$EPISODES" \
         dataset_dir="data/${task}_state_$EPISODES" camera_names=[] seed=0
-    train "$task" state_transformer & ddpm=$!
-    train "$task" state_imf_attnres & imf=$!
-    wait $ddpm || { echo "state_transformer training failed: $OUT/${task}_state_transformer.log"; exit 1; }
-    wait $imf || { echo "state_imf_attnres training failed: $OUT/${task}_state_imf_attnres.log"; exit 1; }
-    evaluate "$task" state_transformer 10 & e1=$!
-    evaluate "$task" state_imf_attnres 1 & e2=$!
-    wait $e1 $e2
-    evaluate "$task" state_imf_attnres 2
+    pids=()
+    for agent in $AGENTS; do train "$task" "$agent" & pids+=($!); done
+    for pid in "${pids[@]}"; do wait "$pid" || { echo "training failed: see $OUT/${task}_*.log"; exit 1; }; done
+    for agent in $AGENTS; do
+        case $agent in
+            state_transformer) evaluate "$task" "$agent" 10 ;;
+            state_imf_attnres) evaluate "$task" "$agent" 1; evaluate "$task" "$agent" 2 ;;
+        esac
+    done
+    [ "$AGENTS" = "state_transformer state_imf_attnres" ] || continue  # the table compares both agents
     "$PYTHON" benchmarks/summarize_results.py --figures-dir "$OUT/figures_$task" --out "$OUT/results_$task.md" \
         --train DDPM "$OUT/${task}_state_transformer" --train IMF "$OUT/${task}_state_imf_attnres" \
         --eval DDIM-10 10 "$OUT/${task}_state_transformer/eval_nfe10" \

@@ -36,12 +36,12 @@ class TrainVLATest(TinyDatasetTestCase):
                 self.assertEqual(names, ["last.pt", "step_2.pt", "step_4.pt"])
                 ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
                 self.assertEqual(ckpt["global_step"], 4)
-                for key in ("agent", "optimizer", "lr_scheduler", "epoch", "config", "normalization_stats", "rng"):
+                for key in ("agent", "ema", "optimizer", "lr_scheduler", "epoch", "config", "rng"):
                     self.assertIn(key, ckpt)
                 self.assertEqual(ckpt["config"]["agent"]["obs_dim"], 14)
                 self.assertEqual(ckpt["config"]["agent"]["action_dim"], 14)
                 self.assertEqual(ckpt["config"]["data"]["image_shape"], [32, 32])
-                torch.testing.assert_close(ckpt["normalization_stats"]["action_min"], ckpt["agent"]["action_min"])
+                self.assertTrue(torch.isfinite(ckpt["agent"]["action_min"]).all())  # the stats travel in the agent's buffers
                 changed = [k for k, v in trainer.agent.noise_pred_net.state_dict().items() if not torch.equal(v, initial[k])]
                 self.assertGreater(len(changed), 0, "no head parameter changed after 4 optimizer steps")
                 self.assertEqual(sorted(read_losses(run_dir)), [1, 2, 3, 4])
@@ -138,7 +138,7 @@ class TrainVLATest(TinyDatasetTestCase):
         trainer.fit()
         head = trainer.agent.noise_pred_net
         self.assertEqual(type(head).__name__, "IMFTransformer1D")
-        # cond = 3 cameras x 64 keypoint features + 14 state dims = 206; 14-dim actions (spec count table).
+        # cond = 3 cameras x 64 keypoint features + 14 state dims = 206; 14-dim actions (the parameter-count formula).
         self.assertEqual(sum(p.numel() for p in head.parameters()), 32_117_006)
         self.assertEqual(trainer.global_step, 1)
         self.assertTrue((run_dir / "checkpoints" / "step_1.pt").is_file())

@@ -1,6 +1,6 @@
 """gym-aloha task classes adapted for RoboIMI.
 
-gym-aloha's tasks have three habits that do not fit RoboIMI (platform spec §4.4):
+gym-aloha's tasks have three habits that do not fit RoboIMI:
 the joint tasks read the object pose from a module global, the end-effector tasks sample
 it without a seed, and every `get_observation` renders three 480x640 cameras with shadows.
 The subclasses here take the object pose as an instance attribute and return state only;

@@ -1,4 +1,4 @@
-"""The rollout evaluator shared by training-time validation and eval_vla.py (base_stack spec §8).
+"""The rollout evaluator shared by training-time validation and eval_vla.py.
 
 A policy exposes `reset()` and `select_action(obs) -> (action_dim,)` (numpy array or torch tensor), where
 obs = {"qpos": (S,), "qvel": (S,), "env_state": (E,), "images": {cam: (H, W, 3) uint8}}. It may report

@@ -1,4 +1,4 @@
-"""Scripted end-effector experts and demonstration generation (the ACT recipe, platform spec §4.8).
+"""Scripted end-effector experts and demonstration generation (the ACT recipe).
 
 1. The expert plans waypoints (xyz, quat wxyz, gripper) per arm from the first observation of the mocap
    (end-effector) env and follows their linear interpolation open loop.

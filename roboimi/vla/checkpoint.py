@@ -113,5 +113,4 @@ def build_agent_from_checkpoint(checkpoint: dict, device: torch.device, use_ema:
     agent = instantiate(cfg.agent)
     weights = "ema" if use_ema and "ema" in checkpoint else "raw"
     agent.load_state_dict(checkpoint["ema" if weights == "ema" else "agent"])
-    agent.set_normalization_stats(checkpoint["normalization_stats"])
     return agent.to(device), cfg, weights

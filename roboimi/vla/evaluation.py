@@ -10,8 +10,6 @@ from torch import nn
 
 from roboimi.vla.fast_paths import attention_backends, bf16_autocast
 
-# Checkpoint configs written before data.state_keys existed trained on qpos alone.
-DEFAULT_STATE_KEYS = ("qpos",)
 # A state-only agent renders no cameras; this size serves its trajectory images and videos.
 NO_CAMERA_RENDER_SIZE = (96, 96)
 
@@ -73,7 +71,7 @@ def evaluate_agent(
     image_size = tuple(cfg.data.image_shape) if cfg.data.camera_names else NO_CAMERA_RENDER_SIZE
     policy = AgentPolicy(
         agent,
-        cfg.data.get("state_keys", DEFAULT_STATE_KEYS),
+        cfg.data.state_keys,
         fused_sdpa=cfg.eval.fused_sdpa,
         bf16_autocast=cfg.eval.bf16_autocast,
     )

@@ -144,11 +144,7 @@ class Trainer:
         self.loss_model = AgentLoss(self.agent)
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            # find_unused_parameters: the heads' `_dummy_variable` (checkpoint layout) never takes part in the
-            # forward; without it DDP waits forever for that parameter's bucket and silently skips its all-reduce.
-            self.loss_model = torch.nn.parallel.DistributedDataParallel(
-                self.loss_model, device_ids=device_ids, find_unused_parameters=True
-            )
+            self.loss_model = torch.nn.parallel.DistributedDataParallel(self.loss_model, device_ids=device_ids)
         # Built after the move to the device, so the averaged copy lives there too.
         self.ema = build_ema(self.agent, cfg.train.ema_power, cfg.train.ema_max_decay) if cfg.train.use_ema else None
         self.optimizer = build_optimizer(self.agent, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay)
@@ -196,7 +192,6 @@ class Trainer:
             "world_size": self.dist.world_size,
             "best_success_rate": self.best_success_rate,
             "config": self.config_dict,
-            "normalization_stats": self.agent.get_normalization_stats(),
             "rng": self.dist.gather_objects(capture_rng_state()),
         }
 

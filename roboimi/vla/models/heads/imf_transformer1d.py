@@ -178,11 +178,6 @@ class IMFTransformer1D(ModuleAttrMixin):
             self, weight_decay, no_decay_weight_modules=(RMSNorm,), no_decay_param_names=('pseudo_query',)
         )
 
-    def configure_optimizers(
-        self, learning_rate: float = 1e-4, weight_decay: float = 1e-3, betas: tuple[float, float] = (0.9, 0.95)
-    ) -> torch.optim.AdamW:
-        return torch.optim.AdamW(self.get_optim_groups(weight_decay=weight_decay), lr=learning_rate, betas=betas)
-
     def _prepare_time_input(self, value, sample: torch.Tensor) -> torch.Tensor:
         """Number, 0-d, (1,) or (B,) tensor -> (B,) in the sample's dtype and device."""
         return expand_time_to_batch(value, sample.shape[0], sample.device, sample.dtype)

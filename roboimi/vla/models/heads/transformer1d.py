@@ -96,11 +96,6 @@ class Transformer1D(ModuleAttrMixin):
     def get_optim_groups(self, weight_decay: float = 1e-3) -> list[dict]:
         return weight_decay_groups(self, weight_decay)
 
-    def configure_optimizers(
-        self, learning_rate: float = 1e-4, weight_decay: float = 1e-3, betas: tuple[float, float] = (0.9, 0.95)
-    ) -> torch.optim.AdamW:
-        return torch.optim.AdamW(self.get_optim_groups(weight_decay=weight_decay), lr=learning_rate, betas=betas)
-
     def forward(self, sample: torch.Tensor, timestep, cond: torch.Tensor | None = None) -> torch.Tensor:
         """sample (B, horizon, input_dim), timestep = DDPM step k (number, (1,) or (B,)),
         cond (B, n_obs_steps, cond_dim) -> predicted noise (B, horizon, output_dim)."""

@@ -11,12 +11,13 @@ class ModuleAttrMixin(nn.Module):
     """nn.Module with `device` / `dtype` properties read from its first parameter.
 
     `_dummy_variable` guarantees a parameter exists even before any layer is built; it is a
-    state-dict key, so checkpoints keep it and strict loading expects it.
+    state-dict key, so checkpoints keep it and strict loading expects it. It never takes part in a
+    forward pass, so it does not require grad (DDP would otherwise wait for its gradient).
     """
 
     def __init__(self):
         super().__init__()
-        self._dummy_variable = nn.Parameter()
+        self._dummy_variable = nn.Parameter(torch.empty(0), requires_grad=False)
 
     @property
     def device(self) -> torch.device:

@@ -12,8 +12,10 @@ from PIL import Image
 
 from roboimi.envs import evaluate_policy, register_task
 from roboimi.envs.aloha_tasks import ALOHA_TASKS
-from roboimi.envs.sim_env import DualArmSimEnv
+from roboimi.envs.media import SHEET_THUMBNAIL_HW
 from roboimi.envs.scripted_policy import ScriptedDemonstrator
+from roboimi.envs.sim_env import DualArmSimEnv
+from tests.test_sim_env import pixels_near, red_pixels
 
 TIMING_KEYS = ("obs_read_ms", "preprocess_ms", "inference_ms", "env_step_ms", "loop_total_ms")
 
@@ -115,7 +117,7 @@ class EvaluatorTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             summary = evaluate_policy(
                 HoldPolicy(), "sim_transfer", 2, seed=3, image_size=(32, 32), camera_names=("top",), max_timesteps=12,
-                output_dir=tmp, record_video=True, progress=False,
+                output_dir=tmp, record_video=True, video_size=(128, 160), progress=False,
             )
             out = Path(tmp)
             on_disk = json.loads((out / "summary.json").read_text())
@@ -137,9 +139,18 @@ class EvaluatorTest(unittest.TestCase):
             self.assertLess(data["ee_positions"][:, 0, 0].max(), -0.25)
             self.assertGreater(data["ee_positions"][:, 1, 0].min(), 0.25)
 
-            self.assertEqual(Image.open(out / "trajectory_0.png").size, (32, 32))
+            # Media are rendered at video_size for people; the policy saw 32x32 top images.
+            trajectory = np.asarray(Image.open(out / "trajectory_0.png").convert("RGB"))
+            self.assertEqual(trajectory.shape, (128, 160, 3))
+            legend_corner = trajectory[40:, 60:]
+            for label in ("left gripper", "right gripper"):
+                rgba = dict(DualArmSimEnv.trajectory_legend)[label]
+                self.assertGreater(pixels_near(legend_corner, rgba), 5, f"no {label} swatch in the legend")
             gif = Image.open(out / "episode_0.gif")
-            self.assertEqual(gif.n_frames, 13)  # the reset frame plus one per step
+            self.assertEqual((gif.n_frames, gif.size), (13, (160, 128)))  # the reset frame plus one per step
+            self.assertGreater(red_pixels(np.asarray(gif.convert("RGB"))), 10)  # the cube is in view
+            sheet = Image.open(summary["contact_sheet"])
+            self.assertEqual(sheet.size[1], 2 * (SHEET_THUMBNAIL_HW[0] + 4))  # one strip per episode
             self.assertGreater((out / "episode_0.mp4").stat().st_size, 0)
             self.assertIn(str(out / "episode_1.mp4"), summary["videos"])
 

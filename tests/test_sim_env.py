@@ -22,6 +22,12 @@ def red_pixels(image: np.ndarray) -> int:
     return int(np.sum((r > 150) & (g < 60) & (b < 60)))
 
 
+def pixels_near(image: np.ndarray, rgba, tolerance: int = 60) -> int:
+    """Pixels within `tolerance` (per channel) of an rgba colour in [0, 1]; shading darkens, so be generous."""
+    target = np.array([255 * c for c in rgba[:3]])
+    return int(np.sum(np.all(np.abs(image.astype(int) - target) < tolerance, axis=-1)))
+
+
 class RegistryTest(unittest.TestCase):
     def test_builtin_tasks_registered(self):
         self.assertIn("sim_transfer", list_tasks())
@@ -110,13 +116,28 @@ class TransferEnvTest(unittest.TestCase):
         np.testing.assert_array_equal(self.env.render("front"), self.env.render("angle"))
         np.testing.assert_array_equal(self.env.render("r_vis"), self.env.render("right_wrist"))
 
-    def test_trajectory_capsules_are_drawn_in_red(self):
+    def test_each_arm_path_is_drawn_in_its_own_colour_with_start_and_end_markers(self):
         self.env.reset(0)
-        plain = self.env.render_trajectory_image([], "top")
-        path = np.linspace([-0.25, 0.3, 0.1], [0.25, 0.8, 0.1], 30)
-        drawn = self.env.render_trajectory_image([path], "top")
-        self.assertGreater(red_pixels(drawn), red_pixels(plain) + 20)
-        np.testing.assert_array_equal(self.env.render("top"), plain)  # the markers do not persist
+        size = (240, 320)
+        plain = self.env.render_trajectory_image([], "top", size=size)
+        left = np.linspace([-0.25, 0.3, 0.1], [-0.05, 0.8, 0.1], 30)
+        right = np.linspace([0.25, 0.3, 0.1], [0.05, 0.8, 0.1], 30)
+        drawn = self.env.render_trajectory_image([left, right], "top", size=size)
+        self.assertEqual(drawn.shape, (*size, 3))
+        for label, rgba in self.env.trajectory_legend:
+            with self.subTest(label=label):
+                self.assertGreater(pixels_near(drawn, rgba), pixels_near(plain, rgba) + 10)
+        only_left = self.env.render_trajectory_image([left], "top", size=size)
+        right_rgba = dict(self.env.trajectory_legend)["right gripper"]
+        self.assertLess(pixels_near(only_left, right_rgba), pixels_near(drawn, right_rgba))
+        np.testing.assert_array_equal(self.env.render("top", size=size), plain)  # the markers do not persist
+
+    def test_media_size_is_independent_of_the_policy_image_size(self):
+        self.env.reset(0)
+        self.assertEqual(self.env.render("front").shape[:2], tuple(self.env.image_size))
+        frame = self.env.render("front", size=(480, 640))
+        self.assertEqual(frame.shape, (480, 640, 3))
+        self.assertGreater(red_pixels(frame), 100)  # the red cube is in view of the media camera
 
 
 class ObjectPoseTest(unittest.TestCase):

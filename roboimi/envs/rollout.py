@@ -6,7 +6,6 @@ its own preprocessing time per call in `policy.last_preprocess_ms`; that part is
 `inference_ms`.
 """
 
-import io
 import json
 import multiprocessing
 import time
@@ -14,18 +13,18 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
-import imageio.v2 as imageio
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
+from roboimi.envs import media
 from roboimi.envs.registry import make_env
 from roboimi.envs.sim_env import InvalidActionError, SimulationDivergedError, check_action
 
 TIMING_KEYS = ("obs_read_ms", "preprocess_ms", "inference_ms", "env_step_ms", "loop_total_ms")
 EPISODE_KEYS = ("seed", "return", "max_reward", "success", "steps", "aborted")
-GIF_FRAME_MS = 20  # one frame per 50 Hz control step: the GIF plays in real time
+SHEET_FRAMES = 6  # frames per episode on the contact sheet
 
 
 def _to_numpy(action) -> np.ndarray:
@@ -34,29 +33,22 @@ def _to_numpy(action) -> np.ndarray:
     return np.asarray(action, dtype=np.float64)
 
 
-def gif_bytes(frames: Sequence[np.ndarray]) -> bytes:
-    """Animated GIF of (H, W, 3) uint8 frames, looping."""
-    images = [Image.fromarray(frame) for frame in frames]
-    buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=GIF_FRAME_MS, loop=0)
-    return buffer.getvalue()
-
-
 def _mean(values) -> float:
     return float(np.mean(values)) if len(values) else 0.0
 
 
-def _run_episode(env, policy, seed: int, max_timesteps: int, video_camera: str | None) -> dict:
-    """Roll out one episode; returns its record, including per-step timings, EE path, actions and frames."""
+def _run_episode(env, policy, seed: int, max_timesteps: int, video_camera: str | None, video_size) -> dict:
+    """Roll out one episode; returns its record, including per-step timings, EE path, actions, rewards and the
+    video frames (rendered at `video_size` for people, apart from the policy's own camera images)."""
 
-    def video_frame(obs):
-        return obs["images"][video_camera] if video_camera in obs["images"] else env.render(video_camera)
+    def video_frame():
+        return env.render(video_camera, size=video_size)
 
     policy.reset()
     obs = env.reset(seed)
     has_ee = hasattr(env, "end_effector_positions")
     ee_path = [env.end_effector_positions()] if has_ee else []
-    frames = [video_frame(obs)] if video_camera else []
+    frames = [video_frame()] if video_camera else []
     timings = {key: [] for key in TIMING_KEYS}
     rewards, actions = [], []
     aborted = None
@@ -91,7 +83,7 @@ def _run_episode(env, policy, seed: int, max_timesteps: int, video_camera: str |
         if has_ee:
             ee_path.append(env.end_effector_positions())
         if video_camera:
-            frames.append(video_frame(obs))
+            frames.append(video_frame())
     max_reward = max(rewards, default=0.0)
     return {
         "seed": seed,
@@ -103,6 +95,7 @@ def _run_episode(env, policy, seed: int, max_timesteps: int, video_camera: str |
         "timings": timings,
         "ee_path": np.asarray(ee_path),  # (steps + 1, 2, 3): left, right gripper link positions
         "actions": np.asarray(actions).reshape(len(actions), env.action_dim),  # (steps, action_dim)
+        "rewards": rewards,
         "frames": frames,
     }
 
@@ -111,7 +104,7 @@ class _EpisodeRunner:
     """Owns one env; runs episode i (seed `seed + i`) and writes its artifacts. One per process."""
 
     def __init__(self, policy, env_kwargs: dict, seed: int, max_timesteps, out, record_video, video_camera,
-                 trajectory_image, trajectory_camera):
+                 video_size, trajectory_image, trajectory_camera):
         self.policy = policy
         self.env = make_env(**env_kwargs)
         self.seed = seed
@@ -123,6 +116,7 @@ class _EpisodeRunner:
                 )
         self.out = out
         self.video_camera = video_camera if record_video else None
+        self.video_size = tuple(video_size)
         self.trajectory_image = trajectory_image
         self.trajectory_camera = trajectory_camera
 
@@ -131,16 +125,51 @@ class _EpisodeRunner:
         # The policy's sampling noise is seeded per episode, so episode i acts the same whichever process runs it.
         with torch.random.fork_rng(), torch.no_grad():
             torch.manual_seed(self.seed + i)
-            record = _run_episode(self.env, self.policy, self.seed + i, self.max_timesteps, self.video_camera)
-        artifacts = {"trajectory_data": [], "trajectory_images": [], "videos": []}
+            record = _run_episode(
+                self.env, self.policy, self.seed + i, self.max_timesteps, self.video_camera, self.video_size
+            )
+        artifacts = {"trajectory_data": [], "trajectory_images": [], "videos": [], "thumbnails": []}
         if self.out is not None:
-            _write_artifacts(self.env, self.out, i, record, self.trajectory_image, self.trajectory_camera, artifacts)
+            self._write_artifacts(i, record, artifacts)
         return {
             **{key: record[key] for key in EPISODE_KEYS},
             "timings": record["timings"],
             "artifacts": artifacts,
             "max_timesteps": self.max_timesteps,
         }
+
+    def _outcome(self, record: dict) -> str:
+        if record["success"]:
+            return f"success, return {record['return']:.0f}"
+        return f"failed (max reward {record['max_reward']:.0f}/{self.env.max_reward:.0f}), return {record['return']:.0f}"
+
+    def _write_artifacts(self, i: int, record: dict, artifacts: dict) -> None:
+        """trajectory_<i>.npz always; trajectory_<i>.png, episode_<i>.gif/.mp4 and contact-sheet thumbnails as asked."""
+        out, env = self.out, self.env
+        headline = f"{getattr(env, 'task_name', 'episode')} seed {record['seed']}: {self._outcome(record)}"
+        npz_path = out / f"trajectory_{i}.npz"
+        np.savez(npz_path, ee_positions=record["ee_path"], actions=record["actions"], seed=record["seed"])
+        artifacts["trajectory_data"].append(str(npz_path))
+        if self.trajectory_image and hasattr(env, "render_trajectory_image") and len(record["ee_path"]):
+            paths = [record["ee_path"][:, arm] for arm in range(record["ee_path"].shape[1])]
+            image = env.render_trajectory_image(paths, self.trajectory_camera, size=self.video_size)
+            image = media.legend(media.caption(image, [headline]), getattr(env, "trajectory_legend", ()))
+            png_path = out / f"trajectory_{i}.png"
+            Image.fromarray(image).save(png_path)
+            artifacts["trajectory_images"].append(str(png_path))
+        if record["frames"]:
+            total = len(record["frames"]) - 1
+            frames = [
+                media.caption(frame, [headline, f"step {t}/{total}, reward {record['rewards'][t - 1] if t else 0:.0f}"])
+                for t, frame in enumerate(record["frames"])
+            ]
+            gif_path, mp4_path = out / f"episode_{i}.gif", out / f"episode_{i}.mp4"
+            gif_path.write_bytes(media.gif_bytes(frames))
+            media.write_mp4(mp4_path, frames)
+            artifacts["videos"].extend([str(gif_path), str(mp4_path)])
+            outcome = self._outcome(record).replace(", return", "\nreturn")
+            label = f"episode {i}, seed {record['seed']}\n{outcome}"
+            artifacts["thumbnails"].append((label, media.thumbnails(record["frames"], SHEET_FRAMES)))
 
     def close(self):
         self.env.close()
@@ -191,6 +220,7 @@ def evaluate_policy(
     output_dir: str | Path | None = None,
     record_video: bool = False,
     video_camera: str = "front",
+    video_size: Sequence[int] = (480, 640),
     trajectory_image: bool = True,
     trajectory_camera: str = "front",
     progress: bool = True,
@@ -202,7 +232,8 @@ def evaluate_policy(
     policy; each episode seeds torch with its env seed, so the results equal a sequential run's.
     Returns the summary: success_rate, mean_return, mean_max_reward, num_episodes, mean_inference_ms, the
     per-step timing means (ms) and per-episode entries; with `output_dir`, also the artifact paths
-    (summary.json, trajectory_<i>.npz/.png, and episode_<i>.gif/.mp4 when `record_video`).
+    (summary.json, trajectory_<i>.npz/.png, and episode_<i>.gif/.mp4 plus contact_sheet.png when `record_video`).
+    Videos and trajectory images are rendered at `video_size` (H, W) for people; the policy's cameras keep theirs.
     """
     if num_episodes < 1:
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}.")
@@ -219,6 +250,7 @@ def evaluate_policy(
         out=out,
         record_video=record_video,
         video_camera=video_camera,
+        video_size=video_size,
         trajectory_image=trajectory_image,
         trajectory_camera=trajectory_camera,
     )
@@ -227,7 +259,7 @@ def evaluate_policy(
     if hasattr(policy, "eval"):
         policy.eval()
     episodes, timings = [], {key: [] for key in TIMING_KEYS}
-    artifacts = {"trajectory_data": [], "trajectory_images": [], "videos": []}
+    artifacts = {"trajectory_data": [], "trajectory_images": [], "videos": [], "thumbnails": []}
     bar = tqdm(total=num_episodes, desc=f"rollout {task}", unit="ep", disable=not progress)
     try:
         for record in _episode_records(runner_kwargs, num_episodes, min(num_workers, num_episodes)):
@@ -258,22 +290,11 @@ def evaluate_policy(
         "episodes": episodes,
     }
     if out is not None:
+        strips = artifacts.pop("thumbnails")
+        if strips:
+            sheet_path = out / "contact_sheet.png"
+            Image.fromarray(media.contact_sheet(strips)).save(sheet_path)
+            artifacts["contact_sheet"] = str(sheet_path)
         summary.update(artifacts, summary_path=str(out / "summary.json"))
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def _write_artifacts(env, out: Path, i: int, record: dict, trajectory_image: bool, camera: str, artifacts: dict):
-    npz_path = out / f"trajectory_{i}.npz"
-    np.savez(npz_path, ee_positions=record["ee_path"], actions=record["actions"], seed=record["seed"])
-    artifacts["trajectory_data"].append(str(npz_path))
-    if trajectory_image and hasattr(env, "render_trajectory_image") and len(record["ee_path"]):
-        paths = [record["ee_path"][:, arm] for arm in range(record["ee_path"].shape[1])]
-        png_path = out / f"trajectory_{i}.png"
-        Image.fromarray(env.render_trajectory_image(paths, camera)).save(png_path)
-        artifacts["trajectory_images"].append(str(png_path))
-    if record["frames"]:
-        gif_path, mp4_path = out / f"episode_{i}.gif", out / f"episode_{i}.mp4"
-        gif_path.write_bytes(gif_bytes(record["frames"]))
-        imageio.mimwrite(mp4_path, record["frames"], fps=round(1000 / GIF_FRAME_MS))
-        artifacts["videos"].extend([str(gif_path), str(mp4_path)])

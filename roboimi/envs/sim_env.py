@@ -14,7 +14,11 @@ CAMERA_ALIASES = {"r_vis": "right_wrist", "top": "top", "front": "angle"}
 END_EFFECTOR_BODIES = ("vx300s_left/gripper_link", "vx300s_right/gripper_link")
 ACTION_DIM = 14  # per arm: 6 joint positions (rad) + normalized gripper (0 closed, 1 open)
 
-TRAJECTORY_RGBA = np.array([1.0, 0.0, 0.0, 1.0], dtype=np.float32)
+# Per arm (left, right): blue and orange, apart from the red cube and the grey table and arms.
+TRAJECTORY_RGBA = (np.array([0.12, 0.47, 0.95, 1.0], np.float32), np.array([1.0, 0.55, 0.0, 1.0], np.float32))
+START_RGBA = np.array([0.1, 0.85, 0.2, 1.0], dtype=np.float32)  # green sphere where a path starts
+END_RGBA = np.array([1.0, 1.0, 1.0, 1.0], dtype=np.float32)  # white sphere where it ends
+MARKER_RADIUS_M_PX = 4.0  # marker sphere radius (m) times the image's smaller side (px)
 # Capsule radius (m) times the image's smaller side (px): about one pixel wide where the arms work, so paths
 # stay visible in small images and thin in large ones.
 TRAJECTORY_RADIUS_M_PX = 1.0
@@ -70,6 +74,12 @@ class DualArmSimEnv:
     """
 
     action_dim = ACTION_DIM
+    trajectory_legend = (
+        ("left gripper", TRAJECTORY_RGBA[0]),
+        ("right gripper", TRAJECTORY_RGBA[1]),
+        ("start", START_RGBA),
+        ("end", END_RGBA),
+    )
 
     def __init__(
         self,
@@ -96,11 +106,9 @@ class DualArmSimEnv:
         self.image_size = tuple(int(s) for s in image_size)
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise ValueError(f"image_size must be [height, width] with positive entries, got {list(image_size)}.")
-        self._renderer = _open_renderer(self._model, *self.image_size)
-        if not shadows:
-            # Shadows dominate software-rendering cost (about 4x slower with them on).
-            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-            self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        self._shadows = shadows
+        self._renderers = {}  # (H, W) -> mujoco.Renderer; the policy's size plus any media size asked for
+        self._renderer(self.image_size)
         self._ee_body_ids = [self._model.body(name).id for name in END_EFFECTOR_BODIES]
 
         self.object_pose = None  # (E,) pose placed at the last reset
@@ -147,33 +155,59 @@ class DualArmSimEnv:
         self.last_observe_ms = (time.perf_counter() - start) * 1e3
         return obs
 
-    def render(self, camera: str) -> np.ndarray:
-        """(H, W, 3) uint8 image of any available camera at the env's image size."""
-        self._renderer.update_scene(self._data, camera=self._model_camera(camera))
-        return self._renderer.render()
+    def _renderer(self, size: Sequence[int]) -> mujoco.Renderer:
+        size = tuple(int(s) for s in size)
+        if size not in self._renderers:
+            renderer = _open_renderer(self._model, *size)
+            if not self._shadows:
+                # Shadows dominate software-rendering cost (about 4x slower with them on).
+                renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+                renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+            self._renderers[size] = renderer
+        return self._renderers[size]
+
+    def render(self, camera: str, size: Sequence[int] | None = None) -> np.ndarray:
+        """(H, W, 3) uint8 image of any available camera, at `size` = (H, W) or the env's image size."""
+        renderer = self._renderer(size or self.image_size)
+        renderer.update_scene(self._data, camera=self._model_camera(camera))
+        return renderer.render()
 
     def end_effector_positions(self) -> np.ndarray:
         """(2, 3) world positions of the left and right gripper links."""
         return self._data.xpos[self._ee_body_ids].copy()
 
-    def render_trajectory_image(self, paths: Sequence[np.ndarray], camera: str = "front") -> np.ndarray:
-        """(H, W, 3) uint8 image of `camera` with each (T, 3) path drawn as red capsules in the scene."""
-        self._renderer.update_scene(self._data, camera=self._model_camera(camera))
-        scene = self._renderer.scene
-        radius = TRAJECTORY_RADIUS_M_PX / min(self.image_size)
-        segments = [
-            (start, end)
-            for path in paths
-            for start, end in zip(np.asarray(path, dtype=np.float64)[:-1], np.asarray(path, dtype=np.float64)[1:])
-            if np.linalg.norm(end - start) >= TRAJECTORY_MIN_SEGMENT
-        ]
-        for start, end in segments[: scene.maxgeom - scene.ngeom]:
+    def render_trajectory_image(
+        self, paths: Sequence[np.ndarray], camera: str = "front", size: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """(H, W, 3) uint8 image of `camera` with each arm's (T, 3) path (left, right) drawn in the scene in its
+        own colour (TRAJECTORY_RGBA), a green sphere at its start and a white one at its end."""
+        size = tuple(size or self.image_size)
+        renderer = self._renderer(size)
+        renderer.update_scene(self._data, camera=self._model_camera(camera))
+        scene = renderer.scene
+        radius = TRAJECTORY_RADIUS_M_PX / min(size)
+        marker = MARKER_RADIUS_M_PX / min(size)
+
+        def new_geom(geom_type, rgba, size=np.zeros(3), pos=np.zeros(3)):
+            if scene.ngeom >= scene.maxgeom:  # the scene is full: draw what fits
+                return None
             geom = scene.geoms[scene.ngeom]
-            capsule = mujoco.mjtGeom.mjGEOM_CAPSULE
-            mujoco.mjv_initGeom(geom, capsule, np.zeros(3), np.zeros(3), np.eye(3).ravel(), TRAJECTORY_RGBA)
-            mujoco.mjv_connector(geom, capsule, radius, start, end)
+            mujoco.mjv_initGeom(geom, geom_type, size, pos, np.eye(3).ravel(), rgba)
             scene.ngeom += 1
-        return self._renderer.render()
+            return geom
+
+        capsule, sphere = mujoco.mjtGeom.mjGEOM_CAPSULE, mujoco.mjtGeom.mjGEOM_SPHERE
+        for arm, path in enumerate(np.asarray(p, dtype=np.float64) for p in paths):
+            if not len(path):
+                continue
+            rgba = TRAJECTORY_RGBA[arm % len(TRAJECTORY_RGBA)]
+            for start, end in zip(path[:-1], path[1:]):
+                if np.linalg.norm(end - start) >= TRAJECTORY_MIN_SEGMENT and (geom := new_geom(capsule, rgba)):
+                    mujoco.mjv_connector(geom, capsule, radius, start, end)
+            for point, point_rgba in ((path[0], START_RGBA), (path[-1], END_RGBA)):
+                new_geom(sphere, point_rgba, size=np.full(3, marker), pos=point)
+        return renderer.render()
 
     def close(self):
-        self._renderer.close()
+        for renderer in self._renderers.values():
+            renderer.close()

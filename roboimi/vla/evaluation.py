@@ -86,6 +86,7 @@ def evaluate_agent(
         output_dir=output_dir,
         record_video=record_video,
         video_camera=cfg.eval.video_camera,
+        video_size=tuple(cfg.eval.video_size),
         trajectory_image=cfg.eval.trajectory_image,
         trajectory_camera=cfg.eval.trajectory_camera,
         progress=progress,

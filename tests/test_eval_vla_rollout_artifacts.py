@@ -1,11 +1,14 @@
 """eval_vla.py rebuilds the agent from a checkpoint alone and writes the rollout artifacts."""
+import io
 import json
 import tempfile
 import unittest
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from roboimi.demos.vla_scripts import eval_vla
 from roboimi.vla.trainer import Trainer
@@ -55,6 +58,22 @@ class EvalVLAArtifactsTest(unittest.TestCase):
         summary, out = self.evaluate("no_video", [])
         self.assertEqual(summary.get("videos", []), [])
         self.assertEqual(list(out.glob("*.gif")) + list(out.glob("*.mp4")), [])
+
+    def test_report_and_swanlab_log_next_to_the_training_run(self):
+        printed = io.StringIO()
+        with redirect_stdout(printed):
+            summary, out = self.evaluate("swanlab", ["eval.swanlab=true", "eval.record_video=true", "eval.video_size=[64,64]"])
+        report = printed.getvalue()
+        self.assertRegex(report, r"success\s+0 / 2 \(0\.0 %\) on seeds 1000-1001")
+        self.assertIn(str(out / "summary.json"), report)
+        self.assertIn(str(out / "contact_sheet.png"), report)
+        swanlog = self.run_dir / "swanlog"
+        configs = [yaml.safe_load(p.read_text()) for p in swanlog.rglob("config.yaml")]
+        self.assertEqual(len(configs), 1)
+        self.assertEqual(configs[0]["eval.num_episodes"]["value"], 2)
+        self.assertTrue(any(p.suffix == ".gif" for p in swanlog.rglob("*")), "no rollout video in the SwanLab run")
+        eval_log = [json.loads(line) for line in (self.run_dir / "eval_logs.json.txt").read_text().splitlines()]
+        self.assertEqual((eval_log[0]["step"], eval_log[0]["eval/success_rate"]), (2, 0.0))
 
     def test_unknown_key_is_rejected_with_usage(self):
         with self.assertRaisesRegex(SystemExit, "unknown keys: \\['train.lr'\\]"):

@@ -12,7 +12,7 @@ from PIL import Image
 
 from roboimi.envs import evaluate_policy, register_task
 from roboimi.envs.aloha_tasks import ALOHA_TASKS
-from roboimi.envs.media import SHEET_THUMBNAIL_HW
+from roboimi.envs.media import SHEET_LABEL_WIDTH, SHEET_THUMBNAIL_HW
 from roboimi.envs.scripted_policy import ScriptedDemonstrator
 from roboimi.envs.sim_env import DualArmSimEnv
 from tests.test_sim_env import pixels_near, red_pixels
@@ -117,7 +117,7 @@ class EvaluatorTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             summary = evaluate_policy(
                 HoldPolicy(), "sim_transfer", 2, seed=3, image_size=(32, 32), camera_names=("top",), max_timesteps=12,
-                output_dir=tmp, record_video=True, video_size=(128, 160), progress=False,
+                output_dir=tmp, record_video=True, video_size=(128, 160), video_episodes=1, progress=False,
             )
             out = Path(tmp)
             on_disk = json.loads((out / "summary.json").read_text())
@@ -149,10 +149,13 @@ class EvaluatorTest(unittest.TestCase):
             gif = Image.open(out / "episode_0.gif")
             self.assertEqual((gif.n_frames, gif.size), (13, (160, 128)))  # the reset frame plus one per step
             self.assertGreater(red_pixels(np.asarray(gif.convert("RGB"))), 10)  # the cube is in view
-            sheet = Image.open(summary["contact_sheet"])
-            self.assertEqual(sheet.size[1], 2 * (SHEET_THUMBNAIL_HW[0] + 4))  # one strip per episode
+            # video_episodes=1: a video of episode 0 only, but the contact sheet has a strip of every episode.
+            self.assertEqual(summary["videos"], [str(out / "episode_0.gif"), str(out / "episode_0.mp4")])
+            sheet = np.asarray(Image.open(summary["contact_sheet"]).convert("RGB"))
+            self.assertEqual(sheet.shape[0], 2 * (SHEET_THUMBNAIL_HW[0] + 4))
+            second_strip = sheet[SHEET_THUMBNAIL_HW[0] + 4 :, SHEET_LABEL_WIDTH:]
+            self.assertGreater(red_pixels(second_strip), 5)  # episode 1's frames show the cube
             self.assertGreater((out / "episode_0.mp4").stat().st_size, 0)
-            self.assertIn(str(out / "episode_1.mp4"), summary["videos"])
 
     def test_bad_actions_abort_only_their_episode(self):
         policy = FaultyPolicy()

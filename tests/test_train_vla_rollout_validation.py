@@ -1,4 +1,4 @@
-"""Periodic rollout validation wiring of train_vla: epoch frequency, on-checkpoint flag, episode count."""
+"""Periodic rollout validation wiring of the trainer: epoch frequency, final weights, on-checkpoint flag, episode count."""
 import json
 import unittest
 from pathlib import Path
@@ -29,7 +29,8 @@ class RolloutValidationTest(TinyDatasetTestCase):
 
     def test_every_epoch(self):
         trainer, run_dir = self.train("every_epoch", ["train.max_steps=13", "train.save_freq=100", "train.rollout_val_freq_epochs=1"])
-        self.assertEqual(rollout_steps(run_dir), [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH])
+        # After every epoch, and once more on the final weights.
+        self.assertEqual(rollout_steps(run_dir), [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH, 13])
         summary = json.loads((run_dir / "rollouts" / f"step_{STEPS_PER_EPOCH}" / "summary.json").read_text())
         self.assertEqual(summary["num_episodes"], 2)
         self.assertEqual(len(summary["episodes"]), 2)
@@ -38,7 +39,11 @@ class RolloutValidationTest(TinyDatasetTestCase):
 
     def test_every_second_epoch(self):
         _, run_dir = self.train("second_epoch", ["train.max_steps=13", "train.save_freq=100", "train.rollout_val_freq_epochs=2"])
-        self.assertEqual(rollout_steps(run_dir), [2 * STEPS_PER_EPOCH])
+        self.assertEqual(rollout_steps(run_dir), [2 * STEPS_PER_EPOCH, 13])
+
+    def test_a_run_ending_on_an_epoch_boundary_validates_its_final_weights_once(self):
+        _, run_dir = self.train("boundary", ["train.max_steps=12", "train.save_freq=100", "train.rollout_val_freq_epochs=1"])
+        self.assertEqual(rollout_steps(run_dir), [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH])
 
     def test_on_checkpoint_only(self):
         _, run_dir = self.train(

@@ -4,6 +4,7 @@ import unittest
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
 from roboimi.vla.trainer import Trainer
@@ -24,7 +25,12 @@ class SwanLabLoggingTest(TinyDatasetTestCase):
 
         run_files = files_under(run_dir / "swanlog")
         self.assertTrue(any(p.suffix == ".swanlab" for p in run_files), run_files)
-        self.assertTrue(any(p.name == "config.yaml" for p in run_files), run_files)
+        [config_file] = [p for p in run_files if p.name == "config.yaml"]
+        # One dotted key per setting, so the experiments table compares runs by column.
+        config = yaml.safe_load(config_file.read_text())
+        self.assertEqual(config["agent.head.n_emb"]["value"], 32)
+        self.assertEqual(config["train.lr"]["value"], cfg.train.lr)
+        self.assertNotIn("agent", config)
         records = [json.loads(line) for line in (run_dir / "logs.json.txt").read_text().splitlines()]
         self.assertEqual([r["step"] for r in records], [1, 2, 3, 4])
         for key in ("train/loss", "train/lr", "train/grad_norm", "train/it_per_s"):

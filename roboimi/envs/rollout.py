@@ -37,18 +37,23 @@ def _mean(values) -> float:
     return float(np.mean(values)) if len(values) else 0.0
 
 
-def _run_episode(env, policy, seed: int, max_timesteps: int, video_camera: str | None, video_size) -> dict:
-    """Roll out one episode; returns its record, including per-step timings, EE path, actions, rewards and the
-    video frames (rendered at `video_size` for people, apart from the policy's own camera images)."""
+def _run_episode(env, policy, seed: int, max_timesteps: int, frame_camera, frame_size, frame_steps=None) -> dict:
+    """Roll out one episode; returns its record, including per-step timings, EE path, actions, rewards and frames.
 
-    def video_frame():
-        return env.render(video_camera, size=video_size)
+    Frames are rendered for people by `frame_camera` (None: no frames) at `frame_size`, apart from the policy's own
+    camera images: after the reset and every step, or only at the step numbers in `frame_steps`.
+    """
+    frames = []
+
+    def capture(t: int) -> None:
+        if frame_camera and (frame_steps is None or t in frame_steps):
+            frames.append(env.render(frame_camera, size=frame_size))
 
     policy.reset()
     obs = env.reset(seed)
     has_ee = hasattr(env, "end_effector_positions")
     ee_path = [env.end_effector_positions()] if has_ee else []
-    frames = [video_frame()] if video_camera else []
+    capture(0)
     timings = {key: [] for key in TIMING_KEYS}
     rewards, actions = [], []
     aborted = None
@@ -82,8 +87,7 @@ def _run_episode(env, policy, seed: int, max_timesteps: int, video_camera: str |
         actions.append(action)
         if has_ee:
             ee_path.append(env.end_effector_positions())
-        if video_camera:
-            frames.append(video_frame())
+        capture(len(rewards))
     max_reward = max(rewards, default=0.0)
     return {
         "seed": seed,
@@ -104,7 +108,7 @@ class _EpisodeRunner:
     """Owns one env; runs episode i (seed `seed + i`) and writes its artifacts. One per process."""
 
     def __init__(self, policy, env_kwargs: dict, seed: int, max_timesteps, out, record_video, video_camera,
-                 video_size, trajectory_image, trajectory_camera):
+                 video_size, video_episodes, trajectory_image, trajectory_camera):
         self.policy = policy
         self.env = make_env(**env_kwargs)
         self.seed = seed
@@ -117,6 +121,7 @@ class _EpisodeRunner:
         self.out = out
         self.video_camera = video_camera if record_video else None
         self.video_size = tuple(video_size)
+        self.video_episodes = video_episodes
         self.trajectory_image = trajectory_image
         self.trajectory_camera = trajectory_camera
 
@@ -125,9 +130,7 @@ class _EpisodeRunner:
         # The policy's sampling noise is seeded per episode, so episode i acts the same whichever process runs it.
         with torch.random.fork_rng(), torch.no_grad():
             torch.manual_seed(self.seed + i)
-            record = _run_episode(
-                self.env, self.policy, self.seed + i, self.max_timesteps, self.video_camera, self.video_size
-            )
+            record = _run_episode(self.env, self.policy, self.seed + i, self.max_timesteps, *self._frames_to_render(i))
         artifacts = {"trajectory_data": [], "trajectory_images": [], "videos": [], "thumbnails": []}
         if self.out is not None:
             self._write_artifacts(i, record, artifacts)
@@ -137,6 +140,16 @@ class _EpisodeRunner:
             "artifacts": artifacts,
             "max_timesteps": self.max_timesteps,
         }
+
+    def _full_video(self, i: int) -> bool:
+        return self.video_camera is not None and (self.video_episodes is None or i < self.video_episodes)
+
+    def _frames_to_render(self, i: int) -> tuple:
+        """(camera, size, steps): every step at video size for a video, else only the contact sheet's frames."""
+        if self._full_video(i):
+            return self.video_camera, self.video_size, None
+        sheet_steps = set(np.linspace(0, self.max_timesteps, SHEET_FRAMES).round().astype(int).tolist())
+        return self.video_camera, media.SHEET_THUMBNAIL_HW, sheet_steps
 
     def _outcome(self, record: dict) -> str:
         if record["success"]:
@@ -157,7 +170,7 @@ class _EpisodeRunner:
             png_path = out / f"trajectory_{i}.png"
             Image.fromarray(image).save(png_path)
             artifacts["trajectory_images"].append(str(png_path))
-        if record["frames"]:
+        if record["frames"] and self._full_video(i):
             total = len(record["frames"]) - 1
             frames = [
                 media.caption(frame, [headline, f"step {t}/{total}, reward {record['rewards'][t - 1] if t else 0:.0f}"])
@@ -167,6 +180,7 @@ class _EpisodeRunner:
             gif_path.write_bytes(media.gif_bytes(frames))
             media.write_mp4(mp4_path, frames)
             artifacts["videos"].extend([str(gif_path), str(mp4_path)])
+        if record["frames"]:
             outcome = self._outcome(record).replace(", return", "\nreturn")
             label = f"episode {i}, seed {record['seed']}\n{outcome}"
             artifacts["thumbnails"].append((label, media.thumbnails(record["frames"], SHEET_FRAMES)))
@@ -221,6 +235,7 @@ def evaluate_policy(
     record_video: bool = False,
     video_camera: str = "front",
     video_size: Sequence[int] = (480, 640),
+    video_episodes: int | None = None,
     trajectory_image: bool = True,
     trajectory_camera: str = "front",
     progress: bool = True,
@@ -232,7 +247,8 @@ def evaluate_policy(
     policy; each episode seeds torch with its env seed, so the results equal a sequential run's.
     Returns the summary: success_rate, mean_return, mean_max_reward, num_episodes, mean_inference_ms, the
     per-step timing means (ms) and per-episode entries; with `output_dir`, also the artifact paths
-    (summary.json, trajectory_<i>.npz/.png, and episode_<i>.gif/.mp4 plus contact_sheet.png when `record_video`).
+    (summary.json, trajectory_<i>.npz/.png, and with `record_video` episode_<i>.gif/.mp4 for the first
+    `video_episodes` episodes (None: all) plus contact_sheet.png with a frame strip of every episode).
     Videos and trajectory images are rendered at `video_size` (H, W) for people; the policy's cameras keep theirs.
     """
     if num_episodes < 1:
@@ -251,6 +267,7 @@ def evaluate_policy(
         record_video=record_video,
         video_camera=video_camera,
         video_size=video_size,
+        video_episodes=video_episodes,
         trajectory_image=trajectory_image,
         trajectory_camera=trajectory_camera,
     )

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from roboimi.atomic_file import atomic_write_path
+from roboimi.vla.settings import flatten_config
 
 # Package whose classes a checkpoint's config may instantiate.
 TRUSTED_TARGET_PREFIX = "roboimi."
@@ -69,18 +70,9 @@ def restore_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _flatten(tree, prefix="") -> dict:
-    if isinstance(tree, dict):
-        flat = {}
-        for key, value in tree.items():
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: tree}
-
-
 def model_config_differences(saved_config: dict, current_config: dict) -> list[str]:
     """Dotted keys under MODEL_DEFINING_KEYS whose values differ, as 'key: saved -> current' lines."""
-    saved, current = _flatten(saved_config), _flatten(current_config)
+    saved, current = flatten_config(saved_config), flatten_config(current_config)
     differences = []
     for key in sorted(set(saved) | set(current)):
         if not any(key == root or key.startswith(root + ".") for root in MODEL_DEFINING_KEYS):

@@ -87,6 +87,7 @@ def evaluate_agent(
         record_video=record_video,
         video_camera=cfg.eval.video_camera,
         video_size=tuple(cfg.eval.video_size),
+        video_episodes=cfg.eval.video_episodes,
         trajectory_image=cfg.eval.trajectory_image,
         trajectory_camera=cfg.eval.trajectory_camera,
         progress=progress,

@@ -7,14 +7,20 @@ import time
 import warnings
 from pathlib import Path
 
+from roboimi.vla.settings import flatten_config
+
 SWANLAB_MODES = ("disabled", "offline", "local", "cloud")
 
 
 class ExperimentLogger:
+    """`config` goes to SwanLab flattened to dotted keys (agent.head.n_emb, train.lr, ...), one column each in the
+    experiments table; `group` gathers related experiments (a training run and its evaluations)."""
+
     def __init__(
-        self, run_dir, *, use_swanlab: bool, project: str, mode: str, experiment_name: str, config: dict, active: bool = True
+        self, run_dir, *, use_swanlab: bool, project: str, mode: str, experiment_name: str, config: dict,
+        active: bool = True, group: str | None = None, jsonl_name: str = "logs.json.txt",
     ):
-        self.jsonl_path = Path(run_dir) / "logs.json.txt"
+        self.jsonl_path = Path(run_dir) / jsonl_name
         self.active = active
         self._swanlab = None
         if not active:
@@ -30,7 +36,8 @@ class ExperimentLogger:
             swanlab.init(
                 project=project,
                 name=experiment_name,
-                config=config,
+                group=group,
+                config=flatten_config(config),
                 # SwanLab calls its account-backed mode "online"; without an explicit mode it asks for a login.
                 mode="online" if mode == "cloud" else mode,
                 log_dir=str(Path(run_dir) / "swanlog"),

@@ -1,7 +1,5 @@
-"""Checks of the train.* settings, run before any data is read or any file is written.
-
-Each failure names the key, the value given and the allowed range.
-"""
+"""A run's settings: checks of the train.* keys, run before any data is read or any file is written (each failure
+names the key, the value given and the allowed range), and the dotted view of a config."""
 from omegaconf import DictConfig
 
 SCHEDULER_TYPES = ("cosine", "constant")
@@ -43,3 +41,14 @@ def validate_train_settings(cfg: DictConfig) -> None:
     _require(train.scheduler_type in SCHEDULER_TYPES, "scheduler_type", train.scheduler_type, f"one of {list(SCHEDULER_TYPES)}")
     resume = train.resume
     _require(resume is None or isinstance(resume, str), "resume", resume, "null, auto or a checkpoint path")
+
+
+def flatten_config(tree: dict, prefix: str = "") -> dict:
+    """{'agent': {'head': {'n_emb': 64}}} -> {'agent.head.n_emb': 64}; lists stay values."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

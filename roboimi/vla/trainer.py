@@ -155,6 +155,7 @@ class Trainer:
         self.epoch = 0
         self.batches_done_in_epoch = 0
         self.best_success_rate = -1.0
+        self.last_rollout_step = None
         self.config_dict = OmegaConf.to_container(cfg, resolve=True)
         if resume_path is not None:
             self.resume_from(resume_path)
@@ -165,11 +166,16 @@ class Trainer:
             use_swanlab=cfg.train.use_swanlab,
             project=cfg.train.swanlab_project,
             mode=cfg.train.swanlab_mode,
-            experiment_name=cfg.train.swanlab_experiment_name or self.run_dir.name,
+            experiment_name=self.experiment_name,
+            group=self.experiment_name,
             config=self.config_dict,
         )
 
     # ---- checkpoints -------------------------------------------------------------------------
+    @property
+    def experiment_name(self) -> str:
+        return self.cfg.train.swanlab_experiment_name or self.run_dir.name
+
     @property
     def global_batch_size(self) -> int:
         return self.cfg.train.batch_size * self.dist.world_size
@@ -285,6 +291,7 @@ class Trainer:
         """Collective: rank 0 runs the episodes while the other ranks wait."""
         if self.dist.is_main:
             self._run_rollouts()
+        self.last_rollout_step = self.global_step
         self.dist.barrier()
 
     def _run_rollouts(self) -> None:
@@ -350,6 +357,8 @@ class Trainer:
         bar.close()
         if self.global_step % cfg.save_freq != 0:
             self.save(f"step_{self.global_step}.pt")
+        if cfg.rollout_val_freq_epochs > 0 and self.last_rollout_step != self.global_step:
+            self.rollout_validation()  # the success curve ends at the weights the run leaves behind
         self.logger.finish()
         self.dist.close()
         self.close()

@@ -32,7 +32,7 @@ OVERRIDES = [
 def sample_determined_imf_loss(agent, batch) -> torch.Tensor:
     """iMF loss with e = sin(7x + 1) and fixed (t, r) = (0.7, 0.3) instead of random draws."""
     x = agent._normalize_action(batch["action"].float())
-    cond = agent._build_cond(batch["images"], batch["qpos"])
+    cond = agent.encode_observation(batch["images"], batch["qpos"])
     e = torch.sin(7.0 * x + 1.0)
     t = torch.full((x.shape[0],), 0.7)
     r = torch.full((x.shape[0],), 0.3)

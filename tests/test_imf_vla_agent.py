@@ -159,8 +159,8 @@ class XPredictionTest(unittest.TestCase):
         batch = make_batch(batch=3)
         noise = torch.randn(3, PRED_HORIZON, ACTION_DIM)
         with torch.no_grad():
-            cond = agent._build_cond(batch["images"], batch["qpos"])
-            expected = agent._unnormalize_action(agent.noise_pred_net(noise, 0.0, 1.0, cond))
+            cond = agent.encode_observation(batch["images"], batch["qpos"])
+            expected = agent.unnormalize_action(agent.noise_pred_net(noise, 0.0, 1.0, cond))
         torch.testing.assert_close(agent.predict_action(batch, noise=noise), expected, atol=1e-5, rtol=1e-5)
 
     def test_loss_differs_from_u_prediction_on_the_same_draws(self):
@@ -216,7 +216,7 @@ class LossTest(unittest.TestCase):
 
                     torch.manual_seed(0)  # every row through the JVP, as the objective is written
                     x = agent._normalize_action(batch["action"])
-                    cond = agent._build_cond(batch["images"], batch["qpos"])
+                    cond = agent.encode_observation(batch["images"], batch["qpos"])
                     e = torch.randn_like(x)
                     t, r = agent._sample_tr(x)
                     z_t = (1 - t[:, None, None]) * x + t[:, None, None] * e
@@ -266,8 +266,8 @@ class InferenceTest(unittest.TestCase):
         self.assertEqual((r.tolist(), t.tolist()), ([0.0] * 3, [1.0] * 3))
 
         with torch.no_grad():
-            cond = agent._build_cond(batch["images"], batch["qpos"])
-            expected = agent._unnormalize_action(noise - agent.noise_pred_net(noise, 0.0, 1.0, cond))
+            cond = agent.encode_observation(batch["images"], batch["qpos"])
+            expected = agent.unnormalize_action(noise - agent.noise_pred_net(noise, 0.0, 1.0, cond))
         self.assertEqual(tuple(actions.shape), (3, PRED_HORIZON, ACTION_DIM))
         torch.testing.assert_close(actions, expected)
 
@@ -286,11 +286,23 @@ class InferenceTest(unittest.TestCase):
         batch = make_batch(batch=2)
         noise = torch.randn(2, PRED_HORIZON, ACTION_DIM)
         with torch.no_grad():
-            cond = agent._build_cond(batch["images"], batch["qpos"])
+            cond = agent.encode_observation(batch["images"], batch["qpos"])
             head = agent.noise_pred_net
             z_half = noise - 0.5 * head(noise, 0.5, 1.0, cond)
-            expected = agent._unnormalize_action(z_half - 0.5 * head(z_half, 0.0, 0.5, cond))
+            expected = agent.unnormalize_action(z_half - 0.5 * head(z_half, 0.0, 0.5, cond))
         torch.testing.assert_close(agent.predict_action(batch, noise=noise), expected)
+
+    def test_num_steps_overrides_inference_steps_and_predict_is_sample_then_unnormalize(self):
+        agent = make_imf_agent(inference_steps=1).eval()
+        recorder = HeadCalls(agent.noise_pred_net)
+        batch = make_batch(batch=2)
+        noise = torch.randn(2, PRED_HORIZON, ACTION_DIM)
+        actions = agent.predict_action(batch, num_steps=3, noise=noise)
+        self.assertEqual(len(recorder.calls), 3)
+        with torch.no_grad():
+            cond = agent.encode_observation(batch["images"], batch["qpos"])
+        torch.testing.assert_close(actions, agent.unnormalize_action(agent.sample_actions(cond, 3, noise)))
+        self.assertEqual(agent.inference_steps, 1)
 
     def test_one_step_defaults(self):
         agent = make_imf_agent().eval()

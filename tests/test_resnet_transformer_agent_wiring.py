@@ -45,7 +45,7 @@ class AgentWiringTest(unittest.TestCase):
         agent.set_normalization_stats(
             {"qpos_min": -torch.ones(14), "qpos_max": torch.ones(14), "action_min": -torch.ones(14), "action_max": torch.ones(14)}
         )
-        cond = agent.eval()._build_cond(images, torch.zeros(2, 2, 14))
+        cond = agent.eval().encode_observation(images, torch.zeros(2, 2, 14))
         self.assertEqual(tuple(cond.shape), (2, agent.obs_horizon, agent.cond_dim))
         return agent
 

@@ -103,7 +103,7 @@ class ZeroCameraAgentTest(unittest.TestCase):
                 self.assertEqual(model.cond_dim, STATE_DIM)
                 self.assertEqual(model.noise_pred_net.cond_obs_emb.in_features, STATE_DIM)
                 qpos = torch.rand(3, 2, STATE_DIM) * 2
-                torch.testing.assert_close(model._build_cond({}, qpos), qpos - 1, atol=1e-6, rtol=0)
+                torch.testing.assert_close(model.encode_observation({}, qpos), qpos - 1, atol=1e-6, rtol=0)
 
     def test_loss_trains_the_head_from_a_state_only_batch(self):
         for name in TINY_HEADS:

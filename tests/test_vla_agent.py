@@ -82,7 +82,7 @@ class NormalizationTest(unittest.TestCase):
         torch.testing.assert_close(agent._normalize_qpos(qpos), expected)
         action = torch.tensor([[15.0, -2.0], [10.0, -5.0]])
         torch.testing.assert_close(agent._normalize_action(action), torch.tensor([[0.0, 0.5], [-1.0, -1.0]]))
-        torch.testing.assert_close(agent._unnormalize_action(agent._normalize_action(action)), action)
+        torch.testing.assert_close(agent.unnormalize_action(agent._normalize_action(action)), action)
 
     def test_stats_round_trip_through_getter_and_state_dict(self):
         agent = make_agent()
@@ -115,7 +115,7 @@ class ConditionTest(unittest.TestCase):
     def test_visual_features_first_then_normalized_state(self):
         agent = make_agent().eval()
         batch = make_batch()
-        cond = agent._build_cond(batch["images"], batch["qpos"])
+        cond = agent.encode_observation(batch["images"], batch["qpos"])
         self.assertEqual(agent.cond_dim, 2 * 8 + OBS_DIM)
         self.assertEqual(tuple(cond.shape), (2, OBS_HORIZON, agent.cond_dim))
         pixels = {cam: batch["images"][cam].float() / 255 for cam in CAMS}
@@ -126,9 +126,9 @@ class ConditionTest(unittest.TestCase):
         agent = make_agent()
         batch = make_batch()
         with self.assertRaisesRegex(ValueError, r"\['front'\].*\['top'\]"):
-            agent._build_cond({"top": batch["images"]["top"]}, batch["qpos"])
+            agent.encode_observation({"top": batch["images"]["top"]}, batch["qpos"])
         with self.assertRaisesRegex(ValueError, "obs_dim=3"):
-            agent._build_cond(batch["images"], batch["qpos"][..., :2])
+            agent.encode_observation(batch["images"], batch["qpos"][..., :2])
 
 
 class LossTest(unittest.TestCase):
@@ -178,6 +178,10 @@ class InferenceTest(unittest.TestCase):
         self.assertEqual(len(recorder.calls), 4)
         # 100 training steps, 4 DDIM steps: k = 75, 50, 25, 0, one per sample.
         self.assertEqual([args[1].tolist() for args in recorder.calls], [[75, 75], [50, 50], [25, 25], [0, 0]])
+        recorder.calls.clear()
+        agent.predict_action(make_batch(batch=2), num_steps=2)  # a per-call step count, inference_steps untouched
+        self.assertEqual([args[1].tolist() for args in recorder.calls], [[50, 50], [0, 0]])
+        self.assertEqual(agent.inference_steps, 4)
 
     def test_full_chunk_is_unnormalized(self):
         agent = make_agent().eval()

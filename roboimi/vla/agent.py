@@ -136,7 +136,7 @@ class VLAAgent(nn.Module):
     def _normalize_action(self, action: torch.Tensor) -> torch.Tensor:
         return normalize_minmax(action, *self._stats("action"))
 
-    def _unnormalize_action(self, action: torch.Tensor) -> torch.Tensor:
+    def unnormalize_action(self, action: torch.Tensor) -> torch.Tensor:
         return unnormalize_minmax(action, *self._stats("action"))
 
     # ---------------------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ class VLAAgent(nn.Module):
     def _device(self) -> torch.device:
         return self.qpos_min.device
 
-    def _build_cond(self, images: Mapping[str, torch.Tensor], qpos: torch.Tensor) -> torch.Tensor:
+    def encode_observation(self, images: Mapping[str, torch.Tensor], qpos: torch.Tensor) -> torch.Tensor:
         """images {cam: uint8 (B, T, 3, H, W)}, raw qpos (B, T, obs_dim) -> cond (B, T, cond_dim)."""
         require_cameras(images, self.camera_names, "The observation batch's images")
         if qpos.shape[-1] != self.obs_dim:
@@ -176,7 +176,7 @@ class VLAAgent(nn.Module):
     def compute_loss(self, batch: Mapping) -> torch.Tensor:
         """DDPM objective on a dataset batch (raw qpos/action, uint8 images) -> scalar loss."""
         action = self._normalize_action(batch["action"].to(self._device).float())  # (B, pred_horizon, A)
-        cond = self._build_cond(batch["images"], batch["qpos"])
+        cond = self.encode_observation(batch["images"], batch["qpos"])
         noise = torch.randn_like(action)
         timesteps = torch.randint(
             0, self.noise_scheduler.config.num_train_timesteps, (action.shape[0],), device=self._device
@@ -198,19 +198,27 @@ class VLAAgent(nn.Module):
         return noise.to(device=cond.device, dtype=cond.dtype)
 
     @torch.no_grad()
-    def predict_action(self, obs_batch: Mapping, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """DDIM sampling. obs_batch {images, qpos} as in a dataset batch -> raw actions (B, pred_horizon, A).
+    def predict_action(
+        self, obs_batch: Mapping, num_steps: int | None = None, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """obs_batch {images, qpos} as in a dataset batch -> raw actions (B, pred_horizon, A).
 
+        `num_steps` sampling steps (default `inference_steps`) from `noise` (default a fresh draw).
         Call `agent.eval()` first: dropout and random crops follow the module mode.
         """
-        cond = self._build_cond(obs_batch["images"], obs_batch["qpos"])
+        cond = self.encode_observation(obs_batch["images"], obs_batch["qpos"])
+        return self.unnormalize_action(self.sample_actions(cond, num_steps, noise))
+
+    @torch.no_grad()
+    def sample_actions(self, cond: torch.Tensor, num_steps: int | None = None, noise: torch.Tensor | None = None):
+        """DDIM from noise: cond (B, obs_horizon, cond_dim) -> normalized actions (B, pred_horizon, A)."""
         batch_size = cond.shape[0]
         x = self._initial_noise(batch_size, cond, noise)
-        self.ddim_scheduler.set_timesteps(self.inference_steps)
+        self.ddim_scheduler.set_timesteps(num_steps or self.inference_steps)
         for k in self.ddim_scheduler.timesteps:
             timesteps = k.expand(batch_size).to(self._device)
             x = self.ddim_scheduler.step(self.noise_pred_net(x, timesteps, cond), k, x).prev_sample
-        return self._unnormalize_action(x)
+        return x
 
     # ---------------------------------------------------------------------------------------------
     # Online rollout

@@ -135,7 +135,7 @@ class IMFVLAAgent(VLAAgent):
         and of the JVP pass.
         """
         x = self._normalize_action(batch["action"].to(self._device).float())  # (B, pred_horizon, A)
-        cond = self._build_cond(batch["images"], batch["qpos"])  # (B, obs_horizon, cond_dim), with gradients
+        cond = self.encode_observation(batch["images"], batch["qpos"])  # (B, obs_horizon, cond_dim), with gradients
         e = torch.randn_like(x)
         t, r = self._sample_tr(x)
         _, t_view = self._broadcast_batch_time(t, x)
@@ -150,14 +150,11 @@ class IMFVLAAgent(VLAAgent):
         return z - (t_view - r_view) * self._average_velocity(z, r_batch, t_batch, cond)
 
     @torch.no_grad()
-    def predict_action(self, obs_batch, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """`inference_steps` mean-velocity steps on linspace(1, 0) -> raw actions (B, pred_horizon, A).
-
-        Call `agent.eval()` first: dropout and random crops follow the module mode.
-        """
-        cond = self._build_cond(obs_batch["images"], obs_batch["qpos"])
+    def sample_actions(self, cond: torch.Tensor, num_steps: int | None = None, noise: torch.Tensor | None = None):
+        """`num_steps` (default `inference_steps`) mean-velocity steps on linspace(1, 0):
+        cond (B, obs_horizon, cond_dim) -> normalized actions (B, pred_horizon, A)."""
         z = self._initial_noise(cond.shape[0], cond, noise)
-        grid = torch.linspace(1.0, 0.0, steps=self.inference_steps + 1)
+        grid = torch.linspace(1.0, 0.0, steps=(num_steps or self.inference_steps) + 1)
         for t, r in zip(grid[:-1], grid[1:]):
             z = self._sample_one_step(z, cond, r=r, t=t)
-        return self._unnormalize_action(z)
+        return z

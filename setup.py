@@ -24,6 +24,13 @@ setup(
         "tqdm",
         "pillow",
     ],
+    entry_points={
+        "console_scripts": [
+            "roboimi-train=roboimi.demos.vla_scripts.train_vla:main",
+            "roboimi-eval=roboimi.demos.vla_scripts.eval_vla:cli",
+            "roboimi-record=roboimi.demos.record_sim_episodes:cli",
+        ],
+    },
     extras_require={
         "test": ["pytest"],
         # Plots of the policy comparison (benchmarks/compare_policies.sh).

@@ -185,5 +185,10 @@ def main(argv: Sequence[str]):
     )
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point."""
     main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()

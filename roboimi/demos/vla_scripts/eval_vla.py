@@ -131,5 +131,10 @@ def log_to_swanlab(summary: dict, cfg, ckpt_path: Path) -> None:
     logger.finish()
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point."""
     main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,1 @@
+"""RoboIMI: visuomotor imitation policies for dual-arm manipulation, with a built-in MuJoCo simulation."""

@@ -1,0 +1,27 @@
+"""Atomic file writes: a crash or an exception never leaves a half-written file at the destination."""
+import os
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+
+TEMP_FILE_GLOB = ".*.tmp"  # what an interrupted write leaves next to its destination
+
+
+@contextmanager
+def atomic_write_path(path):
+    """Yield a temporary path next to `path`; after the block, fsync it and os.replace it onto `path`.
+
+    Any writer that takes a path works (torch.save, h5py.File, open). On error the temporary file is removed and
+    an existing file at `path` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Runnable demos: dataset recording and the VLA training / evaluation scripts."""

@@ -1,0 +1,194 @@
+"""Record scripted-expert demonstrations of a built-in task as ACT-layout HDF5 episodes.
+
+    python roboimi/demos/record_sim_episodes.py task=sim_transfer num_episodes=50 \
+        dataset_dir=data/sim_transfer image_size=[96,96] seed=0
+
+Episode i is attempted with seed `seed + i`; a failed attempt moves on to the next seed, so the episodes
+written carry consecutive successful seeds (stored in each file's attrs). Re-running the same command
+continues after the last complete episode.
+"""
+
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from roboimi.envs.scripted_policy import Demonstration, ScriptedDemonstrator  # noqa: E402  (sets MUJOCO_GL)
+from gym_aloha.constants import FPS  # noqa: E402
+from roboimi.atomic_file import TEMP_FILE_GLOB  # noqa: E402
+from roboimi.vla.data.episode_files import COMPRESSIONS, EPISODE_PATTERN, write_episode_file  # noqa: E402
+
+DEFAULTS = {
+    "task": "sim_transfer",
+    "num_episodes": 50,
+    "dataset_dir": "data/sim_transfer",
+    "image_size": [96, 96],
+    "seed": 0,
+    "camera_names": ["r_vis", "top", "front"],
+    "compression": "gzip",
+    "save_failed": False,
+}
+MAX_ATTEMPTS_PER_EPISODE = 3  # attempts allowed per requested episode before giving up
+
+
+def write_episode(path: Path, demo: Demonstration, task: str, compression: str):
+    """Write `demo` to `path` in the ACT layout, atomically."""
+    write_episode_file(
+        path,
+        demo.qpos,  # (T, 14)
+        demo.action,  # (T, 14)
+        demo.images,  # cam -> (T, H, W, 3) uint8
+        extra_observations={"qvel": demo.qvel, "env_state": demo.env_state},
+        attrs={"task": task, "seed": demo.seed, "success": demo.success, "fps": FPS},
+        compression=compression,
+    )
+
+
+def _recorded_settings(path: Path) -> dict:
+    """The task, cameras and image size an episode file was recorded with (OSError if HDF5 cannot read it)."""
+    with h5py.File(path, "r") as f:
+        images = f["observations/images"]
+        shapes = {tuple(images[cam].shape[1:3]) for cam in images}
+        return {
+            "task": f.attrs.get("task"),
+            "camera_names": sorted(images),
+            "image_size": list(shapes.pop()) if shapes else None,
+            "seed": int(f.attrs["seed"]),
+        }
+
+
+def _resume_point(dataset_dir: Path, first_seed: int, request: dict) -> tuple[int, int]:
+    """(episodes already complete, next seed to try).
+
+    Stray temporary files of an interrupted run are removed; an unreadable last episode is named and recorded
+    again; episodes recorded with another task, cameras or image size are refused, since appending to them would
+    mix two datasets.
+    """
+    for stray in dataset_dir.glob(TEMP_FILE_GLOB):
+        stray.unlink()
+    indices = {int(m.group(1)) for p in dataset_dir.iterdir() if (m := EPISODE_PATTERN.match(p.name))}
+    done = 0
+    while done in indices:
+        done += 1
+    next_seed = first_seed
+    for index in range(done):
+        path = dataset_dir / f"episode_{index}.hdf5"
+        try:
+            recorded = _recorded_settings(path)
+        except (OSError, KeyError) as error:
+            if index < done - 1:
+                raise ValueError(f"Episode file {path} is unreadable ({error}); delete it and re-run to record it again.") from None
+            print(f"Episode file {path} is unreadable or incomplete ({error}); recording it again.")
+            path.unlink()
+            return index, next_seed
+        expected = {"task": request["task"], "camera_names": sorted(request["camera_names"]), "image_size": list(request["image_size"]) if request["camera_names"] else None}
+        for key, value in expected.items():
+            if recorded[key] != value:
+                raise ValueError(
+                    f"{dataset_dir} holds episodes recorded with {key}={recorded[key]} ({path.name}); this run asks for "
+                    f"{key}={value}. Record into another dataset_dir, or use the settings the directory was recorded with."
+                )
+        next_seed = recorded["seed"] + 1
+    return done, next_seed
+
+
+def record_episodes(
+    task: str,
+    num_episodes: int,
+    dataset_dir: str | Path,
+    image_size: Sequence[int] = (96, 96),
+    seed: int = 0,
+    camera_names: Sequence[str] = ("r_vis", "top", "front"),
+    compression: str = "gzip",
+    save_failed: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Write `num_episodes` successful expert episodes to `dataset_dir`/episode_<i>.hdf5 and summarize.
+
+    Failed attempts are counted and skipped (written to `dataset_dir`/failed/ when `save_failed`).
+    At most MAX_ATTEMPTS_PER_EPISODE attempts per missing episode are made.
+    """
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}.")
+    if num_episodes < 0:
+        raise ValueError(f"num_episodes must be >= 0, got {num_episodes}.")
+    dataset_dir = Path(dataset_dir)
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    request = {"task": task, "camera_names": list(camera_names), "image_size": list(image_size)}
+    written, next_seed = _resume_point(dataset_dir, seed, request)
+    already_written = written
+    demonstrator = ScriptedDemonstrator(task, image_size=image_size, camera_names=camera_names)
+    max_attempts = MAX_ATTEMPTS_PER_EPISODE * max(num_episodes - written, 0)
+    attempts = failures = 0
+    start = time.perf_counter()
+    bar = tqdm(total=num_episodes, initial=written, desc=f"record {task}", unit="ep", disable=not progress)
+    while written < num_episodes and attempts < max_attempts:
+        demo = demonstrator.demonstrate(next_seed)
+        attempts += 1
+        if demo.success:
+            write_episode(dataset_dir / f"episode_{written}.hdf5", demo, task, compression)
+            written += 1
+            bar.update(1)
+        else:
+            failures += 1
+            if save_failed:
+                failed_dir = dataset_dir / "failed"
+                failed_dir.mkdir(exist_ok=True)
+                write_episode(failed_dir / f"episode_seed_{next_seed}.hdf5", demo, task, compression)
+        next_seed += 1
+        bar.set_postfix(attempts=attempts, failed=failures)
+    bar.close()
+    demonstrator.close()
+    return {
+        "task": task,
+        "dataset_dir": str(dataset_dir),
+        "episodes_written": written - already_written,
+        "episodes_total": written,
+        "attempts": attempts,
+        "failures": failures,
+        "expert_success_rate": (attempts - failures) / attempts if attempts else float("nan"),
+        "complete": written >= num_episodes,
+        "next_seed": next_seed,
+        "wall_s": time.perf_counter() - start,
+        "dataset_bytes": sum(p.stat().st_size for p in dataset_dir.glob("episode_*.hdf5")),
+    }
+
+
+def parse_config(argv: Sequence[str]) -> dict:
+    """Merge `key=value` overrides (OmegaConf dotlist syntax) onto DEFAULTS; unknown keys are an error."""
+    overrides = OmegaConf.from_dotlist(list(argv))
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise SystemExit(f"Unknown option(s) {unknown}; valid keys: {', '.join(DEFAULTS)} (usage: key=value).")
+    config = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(DEFAULTS), overrides))
+    if len(config["image_size"]) != 2:
+        raise SystemExit(f"image_size must be [height,width], got {config['image_size']}.")
+    return config
+
+
+def main(argv: Sequence[str]):
+    config = parse_config(argv)
+    summary = record_episodes(**config)
+    status = "" if summary["complete"] else f" (stopped after {summary['attempts']} attempts: too many failures)"
+    print(
+        f"{summary['episodes_written']} episodes written to {summary['dataset_dir']} "
+        f"({summary['episodes_total']} in total){status}; attempts: {summary['attempts']}, "
+        f"expert success rate: {summary['expert_success_rate']:.1%}, {summary['wall_s']:.0f} s, "
+        f"{summary['dataset_bytes'] / 2**20:.1f} MiB"
+    )
+
+
+def cli() -> None:
+    """Console-script entry point."""
+    main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()

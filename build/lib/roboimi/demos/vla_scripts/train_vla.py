@@ -1,0 +1,24 @@
+"""Train a VLA agent (DDPM/DDIM transformer baseline or IMF-AttnRes) on a directory of HDF5 episodes.
+
+    python roboimi/demos/vla_scripts/train_vla.py agent=resnet_imf_attnres data.dataset_dir=data/sim_transfer
+
+The workspace is roboimi.vla.trainer.Trainer; outputs go to the Hydra run dir (checkpoints/, logs.json.txt,
+swanlog/, rollouts/).
+"""
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from roboimi.vla import CONFIG_DIR
+from roboimi.vla.trainer import Trainer
+
+
+@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="config")
+def main(cfg: DictConfig) -> None:
+    Trainer(cfg, Path(HydraConfig.get().runtime.output_dir)).fit()
+
+
+if __name__ == "__main__":
+    main()

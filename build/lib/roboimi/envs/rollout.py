@@ -1,0 +1,317 @@
+"""The rollout evaluator shared by training-time validation and eval_vla.py.
+
+A policy exposes `reset()` and `select_action(obs) -> (action_dim,)` (numpy array or torch tensor), where
+obs = {"qpos": (S,), "qvel": (S,), "env_state": (E,), "images": {cam: (H, W, 3) uint8}}. It may report
+its own preprocessing time per call in `policy.last_preprocess_ms`; that part is then split out of
+`inference_ms`.
+"""
+
+import json
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from roboimi.envs import media
+from roboimi.envs.registry import make_env
+from roboimi.envs.sim_env import InvalidActionError, SimulationDivergedError, check_action
+
+TIMING_KEYS = ("obs_read_ms", "preprocess_ms", "inference_ms", "env_step_ms", "loop_total_ms")
+EPISODE_KEYS = ("seed", "return", "max_reward", "success", "steps", "aborted")
+SHEET_FRAMES = 6  # frames per episode on the contact sheet
+
+
+def _to_numpy(action) -> np.ndarray:
+    if torch.is_tensor(action):
+        return action.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(action, dtype=np.float64)
+
+
+def _mean(values) -> float:
+    return float(np.mean(values)) if len(values) else 0.0
+
+
+def _run_episode(env, policy, seed: int, max_timesteps: int, frame_camera, frame_size, frame_steps=None) -> dict:
+    """Roll out one episode; returns its record, including per-step timings, EE path, actions, rewards and frames.
+
+    Frames are rendered for people by `frame_camera` (None: no frames) at `frame_size`, apart from the policy's own
+    camera images: after the reset and every step, or only at the step numbers in `frame_steps`.
+    """
+    frames = []
+
+    def capture(t: int) -> None:
+        if frame_camera and (frame_steps is None or t in frame_steps):
+            frames.append(env.render(frame_camera, size=frame_size))
+
+    policy.reset()
+    obs = env.reset(seed)
+    has_ee = hasattr(env, "end_effector_positions")
+    ee_path = [env.end_effector_positions()] if has_ee else []
+    capture(0)
+    timings = {key: [] for key in TIMING_KEYS}
+    rewards, actions = [], []
+    aborted = None
+    # Envs that render inside reset/step report that time as `last_observe_ms`; it is split out of the step.
+    obs_ms = getattr(env, "last_observe_ms", 0.0)
+    for _ in range(max_timesteps):
+        policy_start = time.perf_counter()
+        action = policy.select_action(obs)
+        policy_ms = (time.perf_counter() - policy_start) * 1e3
+        preprocess_ms = float(getattr(policy, "last_preprocess_ms", 0.0) or 0.0)
+        try:
+            action = check_action(_to_numpy(action), env.action_dim)
+        except InvalidActionError as error:
+            aborted = str(error)
+            break
+        step_start = time.perf_counter()
+        try:
+            obs, reward, _ = env.step(action)
+        except SimulationDivergedError as error:
+            aborted = str(error)
+            break
+        step_ms = (time.perf_counter() - step_start) * 1e3
+        next_obs_ms = getattr(env, "last_observe_ms", 0.0)
+        timings["obs_read_ms"].append(obs_ms)
+        timings["preprocess_ms"].append(preprocess_ms)
+        timings["inference_ms"].append(policy_ms - preprocess_ms)
+        timings["env_step_ms"].append(step_ms - next_obs_ms)
+        timings["loop_total_ms"].append(obs_ms + policy_ms + step_ms - next_obs_ms)
+        obs_ms = next_obs_ms
+        rewards.append(reward)
+        actions.append(action)
+        if has_ee:
+            ee_path.append(env.end_effector_positions())
+        capture(len(rewards))
+    max_reward = max(rewards, default=0.0)
+    return {
+        "seed": seed,
+        "return": float(sum(rewards)),
+        "max_reward": float(max_reward),
+        "success": aborted is None and max_reward >= env.max_reward,
+        "steps": len(rewards),
+        "aborted": aborted,
+        "timings": timings,
+        "ee_path": np.asarray(ee_path),  # (steps + 1, 2, 3): left, right gripper link positions
+        "actions": np.asarray(actions).reshape(len(actions), env.action_dim),  # (steps, action_dim)
+        "rewards": rewards,
+        "frames": frames,
+    }
+
+
+class _EpisodeRunner:
+    """Owns one env; runs episode i (seed `seed + i`) and writes its artifacts. One per process."""
+
+    def __init__(self, policy, env_kwargs: dict, seed: int, max_timesteps, out, record_video, video_camera,
+                 video_size, video_episodes, trajectory_image, trajectory_camera):
+        self.policy = policy
+        self.env = make_env(**env_kwargs)
+        self.seed = seed
+        self.max_timesteps = self.env.episode_len if max_timesteps is None else int(max_timesteps)
+        for camera, wanted in ((video_camera, record_video), (trajectory_camera, trajectory_image and out)):
+            if wanted and camera not in self.env.available_cameras:
+                raise ValueError(
+                    f"Unknown camera {camera!r}; available cameras: {', '.join(self.env.available_cameras)}."
+                )
+        self.out = out
+        self.video_camera = video_camera if record_video else None
+        self.video_size = tuple(video_size)
+        self.video_episodes = video_episodes
+        self.trajectory_image = trajectory_image
+        self.trajectory_camera = trajectory_camera
+
+    def __call__(self, i: int) -> dict:
+        """Episode i's record (EPISODE_KEYS + timings + artifact paths); frames stay in this process."""
+        # The policy's sampling noise is seeded per episode, so episode i acts the same whichever process runs it.
+        with torch.random.fork_rng(), torch.no_grad():
+            torch.manual_seed(self.seed + i)
+            record = _run_episode(self.env, self.policy, self.seed + i, self.max_timesteps, *self._frames_to_render(i))
+        artifacts = {"trajectory_data": [], "trajectory_images": [], "videos": [], "thumbnails": []}
+        if self.out is not None:
+            self._write_artifacts(i, record, artifacts)
+        return {
+            **{key: record[key] for key in EPISODE_KEYS},
+            "timings": record["timings"],
+            "artifacts": artifacts,
+            "max_timesteps": self.max_timesteps,
+        }
+
+    def _full_video(self, i: int) -> bool:
+        return self.video_camera is not None and (self.video_episodes is None or i < self.video_episodes)
+
+    def _frames_to_render(self, i: int) -> tuple:
+        """(camera, size, steps): every step at video size for a video, else only the contact sheet's frames."""
+        if self._full_video(i):
+            return self.video_camera, self.video_size, None
+        sheet_steps = set(np.linspace(0, self.max_timesteps, SHEET_FRAMES).round().astype(int).tolist())
+        return self.video_camera, media.SHEET_THUMBNAIL_HW, sheet_steps
+
+    def _outcome(self, record: dict) -> str:
+        if record["success"]:
+            return f"success, return {record['return']:.0f}"
+        return f"failed (max reward {record['max_reward']:.0f}/{self.env.max_reward:.0f}), return {record['return']:.0f}"
+
+    def _write_artifacts(self, i: int, record: dict, artifacts: dict) -> None:
+        """trajectory_<i>.npz always; trajectory_<i>.png, episode_<i>.gif/.mp4 and contact-sheet thumbnails as asked."""
+        out, env = self.out, self.env
+        headline = f"{getattr(env, 'task_name', 'episode')} seed {record['seed']}: {self._outcome(record)}"
+        npz_path = out / f"trajectory_{i}.npz"
+        np.savez(npz_path, ee_positions=record["ee_path"], actions=record["actions"], seed=record["seed"])
+        artifacts["trajectory_data"].append(str(npz_path))
+        if self.trajectory_image and hasattr(env, "render_trajectory_image") and len(record["ee_path"]):
+            paths = [record["ee_path"][:, arm] for arm in range(record["ee_path"].shape[1])]
+            image = env.render_trajectory_image(paths, self.trajectory_camera, size=self.video_size)
+            image = media.legend(media.caption(image, [headline]), getattr(env, "trajectory_legend", ()))
+            png_path = out / f"trajectory_{i}.png"
+            Image.fromarray(image).save(png_path)
+            artifacts["trajectory_images"].append(str(png_path))
+        if record["frames"] and self._full_video(i):
+            total = len(record["frames"]) - 1
+            frames = [
+                media.caption(frame, [headline, f"step {t}/{total}, reward {record['rewards'][t - 1] if t else 0:.0f}"])
+                for t, frame in enumerate(record["frames"])
+            ]
+            gif_path, mp4_path = out / f"episode_{i}.gif", out / f"episode_{i}.mp4"
+            gif_path.write_bytes(media.gif_bytes(frames))
+            media.write_mp4(mp4_path, frames)
+            artifacts["videos"].extend([str(gif_path), str(mp4_path)])
+        if record["frames"]:
+            outcome = self._outcome(record).replace(", return", "\nreturn")
+            label = f"episode {i}, seed {record['seed']}\n{outcome}"
+            artifacts["thumbnails"].append((label, media.thumbnails(record["frames"], SHEET_FRAMES)))
+
+    def close(self):
+        self.env.close()
+
+
+_worker_runner: _EpisodeRunner | None = None  # the env and policy of a rollout worker process
+
+
+def _init_worker(runner_kwargs: dict, torch_threads: int):
+    global _worker_runner
+    torch.set_num_threads(torch_threads)
+    _worker_runner = _EpisodeRunner(**runner_kwargs)
+
+
+def _run_in_worker(i: int) -> dict:
+    return _worker_runner(i)
+
+
+def _episode_records(runner_kwargs: dict, num_episodes: int, num_workers: int):
+    """Yield the records of episodes 0..num_episodes-1 in order, from this process or from `num_workers`."""
+    if num_workers <= 1:
+        runner = _EpisodeRunner(**runner_kwargs)
+        try:
+            yield from map(runner, range(num_episodes))
+        finally:
+            runner.close()
+        return
+    # spawn: a forked child would inherit the parent's GL context and torch thread pool, neither fork-safe.
+    threads = max(1, torch.get_num_threads() // num_workers)
+    with ProcessPoolExecutor(
+        max_workers=num_workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(runner_kwargs, threads),
+    ) as pool:
+        yield from pool.map(_run_in_worker, range(num_episodes))
+
+
+def evaluate_policy(
+    policy,
+    task: str,
+    num_episodes: int,
+    seed: int = 1000,
+    image_size: Sequence[int] = (96, 96),
+    camera_names: Sequence[str] = ("r_vis", "top", "front"),
+    shadows: bool = False,
+    max_timesteps: int | None = None,
+    output_dir: str | Path | None = None,
+    record_video: bool = False,
+    video_camera: str = "front",
+    video_size: Sequence[int] = (480, 640),
+    video_episodes: int | None = None,
+    trajectory_image: bool = True,
+    trajectory_camera: str = "front",
+    progress: bool = True,
+    num_workers: int = 1,
+) -> dict:
+    """Roll `policy` out for `num_episodes` episodes of `task` (episode i uses seed `seed + i`).
+
+    With `num_workers` > 1 the episodes run in that many processes, each with its own env and a copy of the
+    policy; each episode seeds torch with its env seed, so the results equal a sequential run's.
+    Returns the summary: success_rate, mean_return, mean_max_reward, num_episodes, mean_inference_ms, the
+    per-step timing means (ms) and per-episode entries; with `output_dir`, also the artifact paths
+    (summary.json, trajectory_<i>.npz/.png, and with `record_video` episode_<i>.gif/.mp4 for the first
+    `video_episodes` episodes (None: all) plus contact_sheet.png with a frame strip of every episode).
+    Videos and trajectory images are rendered at `video_size` (H, W) for people; the policy's cameras keep theirs.
+    """
+    if num_episodes < 1:
+        raise ValueError(f"num_episodes must be >= 1, got {num_episodes}.")
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}.")
+    out = Path(output_dir) if output_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    runner_kwargs = dict(
+        policy=policy,
+        env_kwargs=dict(task=task, image_size=image_size, camera_names=camera_names, shadows=shadows),
+        seed=seed,
+        max_timesteps=max_timesteps,
+        out=out,
+        record_video=record_video,
+        video_camera=video_camera,
+        video_size=video_size,
+        video_episodes=video_episodes,
+        trajectory_image=trajectory_image,
+        trajectory_camera=trajectory_camera,
+    )
+
+    was_training = getattr(policy, "training", None)
+    if hasattr(policy, "eval"):
+        policy.eval()
+    episodes, timings = [], {key: [] for key in TIMING_KEYS}
+    artifacts = {"trajectory_data": [], "trajectory_images": [], "videos": [], "thumbnails": []}
+    bar = tqdm(total=num_episodes, desc=f"rollout {task}", unit="ep", disable=not progress)
+    try:
+        for record in _episode_records(runner_kwargs, num_episodes, min(num_workers, num_episodes)):
+            for key in TIMING_KEYS:
+                timings[key].extend(record["timings"][key])
+            for key, paths in record["artifacts"].items():
+                artifacts[key].extend(paths)
+            episodes.append({key: record[key] for key in EPISODE_KEYS})
+            bar.update(1)
+            bar.set_postfix(success=f"{sum(e['success'] for e in episodes)}/{len(episodes)}")
+    finally:  # the caller gets its policy back in the mode it had, with empty queues, even after an error
+        bar.close()
+        if hasattr(policy, "train") and was_training is not None:
+            policy.train(was_training)
+        policy.reset()
+
+    summary = {
+        "task": task,
+        "num_episodes": num_episodes,
+        "seed": seed,
+        "max_timesteps": record["max_timesteps"],
+        "num_workers": num_workers,
+        "success_rate": _mean([e["success"] for e in episodes]),
+        "mean_return": _mean([e["return"] for e in episodes]),
+        "mean_max_reward": _mean([e["max_reward"] for e in episodes]),
+        "mean_inference_ms": _mean(timings["inference_ms"]),
+        **{key: _mean(values) for key, values in timings.items()},
+        "episodes": episodes,
+    }
+    if out is not None:
+        strips = artifacts.pop("thumbnails")
+        if strips:
+            sheet_path = out / "contact_sheet.png"
+            Image.fromarray(media.contact_sheet(strips)).save(sheet_path)
+            artifacts["contact_sheet"] = str(sheet_path)
+        summary.update(artifacts, summary_path=str(out / "summary.json"))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

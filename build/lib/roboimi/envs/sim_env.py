@@ -1,0 +1,213 @@
+"""RoboIMI's dual-arm simulation env: a joint-controlled gym-aloha task plus its own camera rendering."""
+
+import time
+from typing import NamedTuple, Sequence
+
+import mujoco
+import numpy as np
+from dm_control.rl import control
+
+from roboimi.envs.aloha_tasks import AlohaTaskSpec, build_control_env
+
+# RoboIMI camera names that differ from the model's own; model names work as well.
+CAMERA_ALIASES = {"r_vis": "right_wrist", "top": "top", "front": "angle"}
+END_EFFECTOR_BODIES = ("vx300s_left/gripper_link", "vx300s_right/gripper_link")
+ACTION_DIM = 14  # per arm: 6 joint positions (rad) + normalized gripper (0 closed, 1 open)
+
+# Per arm (left, right): blue and orange, apart from the red cube and the grey table and arms.
+TRAJECTORY_RGBA = (np.array([0.12, 0.47, 0.95, 1.0], np.float32), np.array([1.0, 0.55, 0.0, 1.0], np.float32))
+START_RGBA = np.array([0.1, 0.85, 0.2, 1.0], dtype=np.float32)  # green sphere where a path starts
+END_RGBA = np.array([1.0, 1.0, 1.0, 1.0], dtype=np.float32)  # white sphere where it ends
+MARKER_RADIUS_M_PX = 4.0  # marker sphere radius (m) times the image's smaller side (px)
+# Capsule radius (m) times the image's smaller side (px): about one pixel wide where the arms work, so paths
+# stay visible in small images and thin in large ones.
+TRAJECTORY_RADIUS_M_PX = 1.0
+TRAJECTORY_MIN_SEGMENT = 1e-4  # shorter segments are skipped: a zero-length connector has no direction
+
+
+class InvalidActionError(ValueError):
+    """An action the env cannot execute (wrong shape or non-finite values)."""
+
+
+class SimulationDivergedError(RuntimeError):
+    """The physics became invalid (NaN, Inf or huge accelerations); the episode cannot continue."""
+
+
+class StepResult(NamedTuple):
+    obs: dict
+    reward: float
+    is_success: bool  # the episode has reached the task's max reward at some step so far
+
+
+def check_action(action, action_dim: int) -> np.ndarray:
+    """Return `action` as a float64 (action_dim,) array, or raise InvalidActionError saying what is wrong."""
+    array = np.asarray(action, dtype=np.float64)
+    if array.shape != (action_dim,):
+        raise InvalidActionError(
+            f"action has shape {array.shape}, expected ({action_dim},); pass one joint-space action per step "
+            f"(take one row of a predicted chunk)."
+        )
+    if not np.all(np.isfinite(array)):
+        raise InvalidActionError(f"action contains non-finite values ({array.tolist()}); check the policy output.")
+    return array
+
+
+def _open_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Renderer:
+    # The offscreen framebuffer must hold the image; enlarging it lets any image size work.
+    model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
+    model.vis.global_.offheight = max(model.vis.global_.offheight, height)
+    try:
+        return mujoco.Renderer(model, height=height, width=width)
+    except Exception as error:
+        raise RuntimeError(
+            f"Could not create the headless MuJoCo renderer ({type(error).__name__}: {error}). RoboIMI renders "
+            "with MUJOCO_GL=egl by default; if EGL is unavailable, install OSMesa (Debian/Ubuntu: "
+            "`apt-get install libosmesa6`) and run with MUJOCO_GL=osmesa set before Python starts."
+        ) from error
+
+
+class DualArmSimEnv:
+    """A built-in bimanual ALOHA task with a 14-dim joint-position action at 50 Hz.
+
+    Observation: {"qpos": (14,), "qvel": (14,), "env_state": (E,), "images": {cam: (H, W, 3) uint8}}.
+    Only the requested cameras are rendered, all with one reused `mujoco.Renderer`.
+    """
+
+    action_dim = ACTION_DIM
+    trajectory_legend = (
+        ("left gripper", TRAJECTORY_RGBA[0]),
+        ("right gripper", TRAJECTORY_RGBA[1]),
+        ("start", START_RGBA),
+        ("end", END_RGBA),
+    )
+
+    def __init__(
+        self,
+        spec: AlohaTaskSpec,
+        image_size: Sequence[int] = (96, 96),
+        camera_names: Sequence[str] = ("r_vis", "top", "front"),
+        shadows: bool = False,
+    ):
+        self.task_name = spec.name
+        self.episode_len = spec.episode_len
+        self._sample_object_pose = spec.sample_object_pose
+        self._task = spec.joint_task()
+        self.max_reward = self._task.max_reward
+        self._control_env = build_control_env(spec.joint_xml, self._task)
+        physics = self._control_env.physics
+        self._model, self._data = physics.model.ptr, physics.data.ptr
+
+        model_cameras = tuple(self._model.camera(i).name for i in range(self._model.ncam))
+        self.available_cameras = tuple(CAMERA_ALIASES) + tuple(c for c in model_cameras if c not in CAMERA_ALIASES)
+        self.camera_names = tuple(camera_names)
+        for camera in self.camera_names:
+            self._model_camera(camera)
+
+        self.image_size = tuple(int(s) for s in image_size)
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ValueError(f"image_size must be [height, width] with positive entries, got {list(image_size)}.")
+        self._shadows = shadows
+        self._renderers = {}  # (H, W) -> mujoco.Renderer; the policy's size plus any media size asked for
+        self._renderer(self.image_size)
+        self._ee_body_ids = [self._model.body(name).id for name in END_EFFECTOR_BODIES]
+
+        self.object_pose = None  # (E,) pose placed at the last reset
+        self.last_observe_ms = 0.0  # time spent reading state and rendering for the latest observation
+        self._episode_max_reward = 0.0
+
+    def _model_camera(self, camera: str) -> str:
+        if camera not in self.available_cameras:
+            raise ValueError(
+                f"Unknown camera {camera!r} for task {self.task_name!r}; available cameras: "
+                f"{', '.join(self.available_cameras)}."
+            )
+        return CAMERA_ALIASES.get(camera, camera)
+
+    def reset(self, seed: int) -> dict:
+        """Start an episode with the object pose drawn from `seed` (same seed, same pose and images)."""
+        self.object_pose = self._sample_object_pose(seed)
+        self._task.object_pose = self.object_pose
+        self._episode_max_reward = 0.0
+        return self._observe(self._control_env.reset().observation)
+
+    def step(self, action) -> StepResult:
+        """Execute one 14-dim joint-position action (one control step, 20 ms)."""
+        action = check_action(action, self.action_dim)
+        try:
+            timestep = self._control_env.step(action)
+        except control.PhysicsError as error:
+            raise SimulationDivergedError(
+                f"the simulation diverged ({error}) after the action {np.round(action, 3).tolist()}; the policy's "
+                "commands drove the physics unstable (an untrained or badly normalized policy often does)."
+            ) from error
+        reward = float(timestep.reward)
+        self._episode_max_reward = max(self._episode_max_reward, reward)
+        return StepResult(self._observe(timestep.observation), reward, self._episode_max_reward >= self.max_reward)
+
+    def _observe(self, state: dict) -> dict:
+        start = time.perf_counter()
+        obs = {
+            "qpos": state["qpos"],
+            "qvel": state["qvel"],
+            "env_state": state["env_state"],
+            "images": {camera: self.render(camera) for camera in self.camera_names},
+        }
+        self.last_observe_ms = (time.perf_counter() - start) * 1e3
+        return obs
+
+    def _renderer(self, size: Sequence[int]) -> mujoco.Renderer:
+        size = tuple(int(s) for s in size)
+        if size not in self._renderers:
+            renderer = _open_renderer(self._model, *size)
+            if not self._shadows:
+                # Shadows dominate software-rendering cost (about 4x slower with them on).
+                renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+                renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+            self._renderers[size] = renderer
+        return self._renderers[size]
+
+    def render(self, camera: str, size: Sequence[int] | None = None) -> np.ndarray:
+        """(H, W, 3) uint8 image of any available camera, at `size` = (H, W) or the env's image size."""
+        renderer = self._renderer(size or self.image_size)
+        renderer.update_scene(self._data, camera=self._model_camera(camera))
+        return renderer.render()
+
+    def end_effector_positions(self) -> np.ndarray:
+        """(2, 3) world positions of the left and right gripper links."""
+        return self._data.xpos[self._ee_body_ids].copy()
+
+    def render_trajectory_image(
+        self, paths: Sequence[np.ndarray], camera: str = "front", size: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """(H, W, 3) uint8 image of `camera` with each arm's (T, 3) path (left, right) drawn in the scene in its
+        own colour (TRAJECTORY_RGBA), a green sphere at its start and a white one at its end."""
+        size = tuple(size or self.image_size)
+        renderer = self._renderer(size)
+        renderer.update_scene(self._data, camera=self._model_camera(camera))
+        scene = renderer.scene
+        radius = TRAJECTORY_RADIUS_M_PX / min(size)
+        marker = MARKER_RADIUS_M_PX / min(size)
+
+        def new_geom(geom_type, rgba, size=np.zeros(3), pos=np.zeros(3)):
+            if scene.ngeom >= scene.maxgeom:  # the scene is full: draw what fits
+                return None
+            geom = scene.geoms[scene.ngeom]
+            mujoco.mjv_initGeom(geom, geom_type, size, pos, np.eye(3).ravel(), rgba)
+            scene.ngeom += 1
+            return geom
+
+        capsule, sphere = mujoco.mjtGeom.mjGEOM_CAPSULE, mujoco.mjtGeom.mjGEOM_SPHERE
+        for arm, path in enumerate(np.asarray(p, dtype=np.float64) for p in paths):
+            if not len(path):
+                continue
+            rgba = TRAJECTORY_RGBA[arm % len(TRAJECTORY_RGBA)]
+            for start, end in zip(path[:-1], path[1:]):
+                if np.linalg.norm(end - start) >= TRAJECTORY_MIN_SEGMENT and (geom := new_geom(capsule, rgba)):
+                    mujoco.mjv_connector(geom, capsule, radius, start, end)
+            for point, point_rgba in ((path[0], START_RGBA), (path[-1], END_RGBA)):
+                new_geom(sphere, point_rgba, size=np.full(3, marker), pos=point)
+        return renderer.render()
+
+    def close(self):
+        for renderer in self._renderers.values():
+            renderer.close()

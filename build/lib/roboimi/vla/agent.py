@@ -1,0 +1,286 @@
+"""VLAAgent: camera images + joint state -> chunks of joint-space actions (state alone without cameras).
+
+The baseline policy trains its head as a DDPM noise predictor and samples with DDIM. Rollouts go through
+`select_action`, which keeps observation and action queues (observation history in, action chunk out).
+"""
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+from torch import nn
+
+from roboimi.vla.data import normalize_minmax, unnormalize_minmax
+from roboimi.vla.models.backbones.resnet_diffusion import require_cameras
+
+NORMALIZATION_KEYS = ("qpos_min", "qpos_max", "action_min", "action_max")
+
+
+def _append_filling(queue: deque, item) -> None:
+    """Append `item`; an empty queue is filled with it, so the first observation stands in for the history."""
+    queue.append(item)
+    while len(queue) < queue.maxlen:
+        queue.append(item)
+
+
+class VLAAgent(nn.Module):
+    def __init__(
+        self,
+        vision_backbone: nn.Module,
+        head: Callable[..., nn.Module],
+        action_dim: int,
+        obs_dim: int,
+        obs_horizon: int = 2,
+        pred_horizon: int = 16,
+        num_action_steps: int = 8,
+        inference_steps: int = 10,
+        camera_names: Sequence[str] = ("r_vis", "top", "front"),
+        num_train_timesteps: int = 100,
+        beta_schedule: str = "squaredcos_cap_v2",
+        clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+        normalization_stats: Mapping | None = None,
+    ):
+        super().__init__()
+        max_action_steps = pred_horizon - obs_horizon + 1
+        if num_action_steps > max_action_steps:
+            raise ValueError(
+                f"num_action_steps={num_action_steps} exceeds pred_horizon - obs_horizon + 1 = "
+                f"{pred_horizon} - {obs_horizon} + 1 = {max_action_steps}: the executed window starts at the "
+                f"current step (index obs_horizon - 1) of the predicted chunk. Lower num_action_steps or raise "
+                f"pred_horizon."
+            )
+        if tuple(camera_names) != tuple(vision_backbone.camera_names):
+            raise ValueError(
+                f"camera_names={list(camera_names)} differs from the vision backbone's camera_names="
+                f"{list(vision_backbone.camera_names)}. Set only data.camera_names; agent and backbone follow it."
+            )
+        if prediction_type not in ("epsilon", "sample"):
+            raise ValueError(f"prediction_type={prediction_type!r} is not supported; use 'epsilon' or 'sample'.")
+
+        self.action_dim = action_dim
+        self.obs_dim = obs_dim
+        self.obs_horizon = obs_horizon
+        self.pred_horizon = pred_horizon
+        self.num_action_steps = num_action_steps
+        self.inference_steps = inference_steps
+        self.camera_names = tuple(camera_names)
+        self.prediction_type = prediction_type
+
+        self.vision_backbone = vision_backbone
+        # The one place where the condition width is defined: visual features first, then state
+        # (num_cameras = 0 for a state-only agent, whose condition is the state alone).
+        self.cond_dim = vision_backbone.num_cameras * vision_backbone.output_dim + obs_dim
+        self.noise_pred_net = head(
+            input_dim=action_dim,
+            output_dim=action_dim,
+            horizon=pred_horizon,
+            n_obs_steps=obs_horizon,
+            cond_dim=self.cond_dim,
+        )
+
+        scheduler_args = dict(
+            num_train_timesteps=num_train_timesteps,
+            beta_schedule=beta_schedule,
+            clip_sample=clip_sample,
+            prediction_type=prediction_type,
+        )
+        self.noise_scheduler = DDPMScheduler(**scheduler_args)
+        self.ddim_scheduler = DDIMScheduler(**scheduler_args)
+
+        # NaN until stats are set, so a policy without stats fails loudly instead of acting on garbage.
+        for key, dim in zip(NORMALIZATION_KEYS, (obs_dim, obs_dim, action_dim, action_dim)):
+            self.register_buffer(key, torch.full((dim,), float("nan")))
+        if normalization_stats is not None:
+            self.set_normalization_stats(normalization_stats)
+
+        self.reset()
+
+    # ---------------------------------------------------------------------------------------------
+    # Normalization
+
+    def set_normalization_stats(self, stats: Mapping) -> None:
+        """Copy `{'qpos_min', 'qpos_max', 'action_min', 'action_max'}` (arrays or tensors) into the buffers."""
+        missing = [key for key in NORMALIZATION_KEYS if key not in stats]
+        if missing:
+            raise ValueError(f"Normalization stats lack {missing}; got keys {sorted(stats)}.")
+        for key in NORMALIZATION_KEYS:
+            buffer = getattr(self, key)
+            value = torch.as_tensor(stats[key], dtype=torch.float32)
+            if value.shape != buffer.shape:
+                raise ValueError(
+                    f"Normalization stat {key} has shape {tuple(value.shape)}, expected {tuple(buffer.shape)} "
+                    f"(obs_dim={self.obs_dim}, action_dim={self.action_dim}). Use stats of the same dataset."
+                )
+            buffer.copy_(value)
+
+    def get_normalization_stats(self) -> dict[str, torch.Tensor]:
+        return {key: getattr(self, key).detach().cpu().clone() for key in NORMALIZATION_KEYS}
+
+    def _stats(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        low, high = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
+        if torch.isnan(low).any() or torch.isnan(high).any():
+            raise RuntimeError(
+                f"The {name} normalization stats are not set. Call agent.set_normalization_stats(stats) with the "
+                "dataset's stats, or load a checkpoint (its state dict holds them)."
+            )
+        return low, high
+
+    def _normalize_qpos(self, qpos: torch.Tensor) -> torch.Tensor:
+        return normalize_minmax(qpos, *self._stats("qpos"))
+
+    def _normalize_action(self, action: torch.Tensor) -> torch.Tensor:
+        return normalize_minmax(action, *self._stats("action"))
+
+    def unnormalize_action(self, action: torch.Tensor) -> torch.Tensor:
+        return unnormalize_minmax(action, *self._stats("action"))
+
+    # ---------------------------------------------------------------------------------------------
+    # Condition and loss
+
+    @property
+    def _device(self) -> torch.device:
+        return self.qpos_min.device
+
+    def encode_observation(self, images: Mapping[str, torch.Tensor], qpos: torch.Tensor) -> torch.Tensor:
+        """images {cam: uint8 (B, T, 3, H, W)}, raw qpos (B, T, obs_dim) -> cond (B, T, cond_dim)."""
+        require_cameras(images, self.camera_names, "The observation batch's images")
+        if qpos.shape[-1] != self.obs_dim:
+            raise ValueError(
+                f"qpos has shape {tuple(qpos.shape)} but the agent was built with obs_dim={self.obs_dim}. "
+                "Use data with the state dimension the agent was trained on."
+            )
+        state = self._normalize_qpos(qpos.to(self._device).float())  # (B, T, obs_dim)
+        if not self.camera_names:
+            return state
+        pixels = {}
+        for cam in self.camera_names:
+            if images[cam].dtype != torch.uint8:
+                raise TypeError(f"images[{cam!r}] has dtype {images[cam].dtype}; pass the raw uint8 frames.")
+            pixels[cam] = images[cam].to(self._device).float() / 255.0
+        vis = self.vision_backbone(pixels)  # (B, T, num_cams * output_dim)
+        return torch.cat([vis, state], dim=-1)
+
+    def _masked_mean(self, elementwise: torch.Tensor, action_is_pad: torch.Tensor | None) -> torch.Tensor:
+        """Mean of a (B, pred_horizon, action_dim) loss over the real (non-padded) action steps."""
+        elementwise = elementwise.float()  # reduce in float32 also under bf16 autocast
+        if action_is_pad is None:
+            return elementwise.mean()
+        mask = (~action_is_pad.to(self._device))[..., None].float()  # (B, pred_horizon, 1)
+        return (elementwise * mask).sum() / torch.clamp(mask.sum() * self.action_dim, min=1)
+
+    def compute_loss(self, batch: Mapping) -> torch.Tensor:
+        """DDPM objective on a dataset batch (raw qpos/action, uint8 images) -> scalar loss."""
+        action = self._normalize_action(batch["action"].to(self._device).float())  # (B, pred_horizon, A)
+        cond = self.encode_observation(batch["images"], batch["qpos"])
+        noise = torch.randn_like(action)
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (action.shape[0],), device=self._device
+        )
+        noisy_action = self.noise_scheduler.add_noise(action, noise, timesteps)
+        pred = self.noise_pred_net(noisy_action, timesteps, cond)
+        target = noise if self.prediction_type == "epsilon" else action
+        return self._masked_mean((pred - target) ** 2, batch.get("action_is_pad"))
+
+    # ---------------------------------------------------------------------------------------------
+    # Inference
+
+    def _initial_noise(self, batch_size: int, cond: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        shape = (batch_size, self.pred_horizon, self.action_dim)
+        if noise is None:
+            return torch.randn(shape, device=cond.device, dtype=cond.dtype)
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}; expected (B, pred_horizon, action_dim) = {shape}.")
+        return noise.to(device=cond.device, dtype=cond.dtype)
+
+    @torch.no_grad()
+    def predict_action(
+        self, obs_batch: Mapping, num_steps: int | None = None, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """obs_batch {images, qpos} as in a dataset batch -> raw actions (B, pred_horizon, A).
+
+        `num_steps` sampling steps (default `inference_steps`) from `noise` (default a fresh draw).
+        Call `agent.eval()` first: dropout and random crops follow the module mode.
+        """
+        cond = self.encode_observation(obs_batch["images"], obs_batch["qpos"])
+        return self.unnormalize_action(self.sample_actions(cond, num_steps, noise))
+
+    @torch.no_grad()
+    def sample_actions(self, cond: torch.Tensor, num_steps: int | None = None, noise: torch.Tensor | None = None):
+        """DDIM from noise: cond (B, obs_horizon, cond_dim) -> normalized actions (B, pred_horizon, A)."""
+        batch_size = cond.shape[0]
+        x = self._initial_noise(batch_size, cond, noise)
+        self.ddim_scheduler.set_timesteps(num_steps or self.inference_steps)
+        for k in self.ddim_scheduler.timesteps:
+            timesteps = k.expand(batch_size).to(self._device)
+            x = self.ddim_scheduler.step(self.noise_pred_net(x, timesteps, cond), k, x).prev_sample
+        return x
+
+    # ---------------------------------------------------------------------------------------------
+    # Online rollout
+
+    def reset(self) -> None:
+        """Empty the observation and action queues; call on every environment reset."""
+        self._queues = {
+            "qpos": deque(maxlen=self.obs_horizon),
+            "images": {cam: deque(maxlen=self.obs_horizon) for cam in self.camera_names},
+            "action": deque(maxlen=self.num_action_steps),
+        }
+        self.last_preprocess_ms = 0.0
+
+    def _populate_queues(self, obs: Mapping) -> None:
+        """Append one env observation; right after reset it fills the whole history (repeated first frame)."""
+        require_cameras(obs.get("images", {}), self.camera_names, "The observation")
+        qpos = torch.as_tensor(obs["qpos"], dtype=torch.float32)
+        if qpos.shape != (self.obs_dim,):
+            raise ValueError(
+                f"obs['qpos'] has shape {tuple(qpos.shape)}; the agent expects ({self.obs_dim},) (obs_dim). "
+                "Check that the environment matches the training data."
+            )
+        # Rendered frames are often flipped views (negative strides), which torch cannot wrap.
+        frames = {cam: torch.as_tensor(np.ascontiguousarray(obs["images"][cam])) for cam in self.camera_names}
+        for cam, frame in frames.items():
+            if frame.dtype != torch.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
+                raise ValueError(
+                    f"obs['images'][{cam!r}] must be a uint8 (H, W, 3) array, got {frame.dtype} {tuple(frame.shape)}."
+                )
+        _append_filling(self._queues["qpos"], qpos)
+        for cam, frame in frames.items():
+            _append_filling(self._queues["images"][cam], frame)
+
+    def _prepare_observation_batch(self) -> dict:
+        """Queues -> {'images': {cam: uint8 (1, obs_horizon, 3, H, W)}, 'qpos': (1, obs_horizon, obs_dim)}.
+
+        Without cameras 'images' is {} (a state-only backbone has no input_shape).
+        """
+        images = {}
+        for cam in self.camera_names:
+            frames = torch.stack(list(self._queues["images"][cam])).permute(0, 3, 1, 2)  # (T, 3, H, W)
+            frames = frames.to(self._device)
+            train_hw = list(self.vision_backbone.input_shape)
+            if list(frames.shape[-2:]) != train_hw:
+                frames = TF.resize(frames, train_hw, antialias=True)
+            images[cam] = frames.unsqueeze(0)
+        qpos = torch.stack(list(self._queues["qpos"])).unsqueeze(0).to(self._device)
+        return {"images": images, "qpos": qpos}
+
+    def select_action(self, obs: Mapping) -> torch.Tensor:
+        """One env step: obs {'qpos': (obs_dim,), 'images': {cam: uint8 (H, W, 3)}} -> action (action_dim,)
+        float32 on CPU. Re-plans every `num_action_steps` calls.
+
+        `last_preprocess_ms` reports the queueing and batching time, which the rollout evaluator splits out
+        of the inference time.
+        """
+        start = time.perf_counter()
+        self._populate_queues(obs)
+        batch = self._prepare_observation_batch() if not self._queues["action"] else None
+        self.last_preprocess_ms = (time.perf_counter() - start) * 1e3
+        if batch is not None:
+            chunk = self.predict_action(batch)  # (1, pred_horizon, A)
+            current = self.obs_horizon - 1  # index of the current step in the chunk
+            self._queues["action"].extend(chunk[0, current : current + self.num_action_steps])
+        return self._queues["action"].popleft().float().cpu()

@@ -1,0 +1,160 @@
+"""IMFVLAAgent: the VLAAgent trained with the improved-MeanFlow (iMF) objective and sampled in 1..N steps.
+
+Time runs from data (t = 0) to noise (t = 1). The average velocity u(z, r, t | cond) over [r, t] comes from the
+head fn(z, r, t, cond); training matches the compound velocity V = u + (t - r) * du/dt to the instantaneous
+target e - x.
+
+Two parameterizations of u by the head (`prediction`):
+  'u': u = fn(z, r, t, cond), the reference iMF head.
+  'x': fn estimates the clean chunk x̂ and u = (z - x̂) / max(t, x_prediction_min_t). One step from t = 1 to
+       r = 0 returns x̂ itself. The network regresses a bounded, low-variance target (the normalized actions)
+       instead of a velocity that mixes noise and data, which is what makes small-data policies fit.
+"""
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from roboimi.vla.agent import VLAAgent
+
+LOSS_TYPES = ("mse", "pseudo_huber")
+PREDICTIONS = ("u", "x")
+
+
+class IMFVLAAgent(VLAAgent):
+    def __init__(
+        self,
+        *args,
+        p_mean: float = -0.4,
+        p_std: float = 1.0,
+        data_proportion: float = 0.5,
+        loss_type: str = "mse",
+        pseudo_huber_delta: float = 1.0,
+        prediction: str = "u",
+        x_prediction_min_t: float = 1e-3,
+        **kwargs,
+    ):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"Unsupported IMF prediction: {prediction!r}. Allowed values: 'u', 'x' (agent.prediction).")
+        if not 0.0 < x_prediction_min_t <= 1.0:
+            raise ValueError(f"x_prediction_min_t={x_prediction_min_t} must lie in (0, 1]: u = (z - x̂) / max(t, it).")
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(
+                f"Unsupported IMF-AttnRes loss_type: {loss_type!r}. Allowed values: 'mse', 'pseudo_huber'."
+            )
+        if not 0.0 <= data_proportion <= 1.0:
+            raise ValueError(f"data_proportion={data_proportion} must lie in [0, 1] (fraction of rows with r = t).")
+        super().__init__(*args, **kwargs)
+        self.p_mean = p_mean
+        self.p_std = p_std
+        self.data_proportion = data_proportion
+        self.loss_type = loss_type
+        self.pseudo_huber_delta = pseudo_huber_delta
+        self.prediction = prediction
+        self.x_prediction_min_t = x_prediction_min_t
+
+    def _sample_tr(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logit-normal (t, r) per sample, each (B,) in x's dtype, with r <= t.
+
+        The first floor(B * data_proportion) rows get r = t (set before sorting), so on those rows t is a
+        single draw; elsewhere t and r are the max and min of two draws.
+        """
+        batch_size = x.shape[0]
+        n1 = torch.randn(batch_size, device=x.device, dtype=x.dtype)
+        n2 = torch.randn(batch_size, device=x.device, dtype=x.dtype)
+        t0 = torch.sigmoid(self.p_std * n1 + self.p_mean)
+        r0 = torch.sigmoid(self.p_std * n2 + self.p_mean)
+        num_equal = int(batch_size * self.data_proportion)
+        r0 = torch.cat([t0[:num_equal], r0[num_equal:]])
+        return torch.maximum(t0, r0), torch.minimum(t0, r0)
+
+    @staticmethod
+    def _broadcast_batch_time(time, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scalar or (B,) time -> (B,) in x's dtype/device and a (B, 1, 1) view for broadcasting over x."""
+        batch_size = x.shape[0]
+        flat = torch.as_tensor(time, dtype=x.dtype, device=x.device).reshape(-1).expand(batch_size)
+        return flat, flat.view(batch_size, *([1] * (x.ndim - 1)))
+
+    def _average_velocity(self, z: torch.Tensor, r, t, cond: torch.Tensor) -> torch.Tensor:
+        """u(z, r, t | cond) (B, pred_horizon, A) in the configured parameterization; r, t scalars or (B,)."""
+        out = self.noise_pred_net(z, r, t, cond)
+        if self.prediction == "u":
+            return out
+        # The clamp keeps u finite near t = 0, where z is already the data and u matters little.
+        _, t_view = self._broadcast_batch_time(t, z)
+        return (z - out) / t_view.clamp(min=self.x_prediction_min_t)
+
+    def _compute_u_and_du_dt(
+        self, z_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor, v: torch.Tensor, cond: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """u(z_t, r, t | cond) with its graph, and the detached total derivative along (dz, dr, dt) = (v, 0, 1)."""
+
+        def average_velocity(z, r_, t_):
+            return self._average_velocity(z, r_, t_, cond)
+
+        # Fused SDPA kernels have no forward-mode derivative; the math backend does, on every device.
+        with sdpa_kernel(SDPBackend.MATH):
+            u, du_dt = torch.func.jvp(average_velocity, (z_t, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
+        return u, du_dt.detach()
+
+    def _compound_velocity(
+        self, u: torch.Tensor, du_dt: torch.Tensor, t: torch.Tensor, r: torch.Tensor
+    ) -> torch.Tensor:
+        """V = u + (t - r) * stopgrad(du/dt), (t - r) broadcast per sample."""
+        _, t_view = self._broadcast_batch_time(t, u)
+        _, r_view = self._broadcast_batch_time(r, u)
+        return u + (t_view - r_view) * du_dt.detach()
+
+    def _elementwise_loss(self, error: torch.Tensor) -> torch.Tensor:
+        if self.loss_type == "mse":
+            return error**2
+        delta = self.pseudo_huber_delta
+        return delta**2 * (torch.sqrt(1 + (error / delta) ** 2) - 1)
+
+    def _model_velocity(self, z_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Compound velocity V (B, pred_horizon, A) of every row, with gradients through u.
+
+        Rows with r = t have V = u(z, t, t): (t - r) du/dt vanishes, so they take one forward pass. Only the rows
+        with r < t pay for the v pass and the JVP. Loss and gradients equal those of the JVP on every row.
+        """
+        still, moving = (r == t).nonzero().squeeze(1), (r < t).nonzero().squeeze(1)
+        parts = []
+        if still.numel():
+            parts.append(self._average_velocity(z_t[still], t[still], t[still], cond[still]))
+        if moving.numel():
+            z, r_m, t_m, cond_m = z_t[moving], r[moving], t[moving], cond[moving]
+            with torch.no_grad():
+                v = self._average_velocity(z, t_m, t_m, cond_m)  # u(z, t, t) = instantaneous velocity
+            u, du_dt = self._compute_u_and_du_dt(z, r_m, t_m, v, cond_m)
+            parts.append(self._compound_velocity(u, du_dt, t_m, r_m))
+        order = torch.cat([still, moving])
+        return torch.cat(parts)[torch.argsort(order)]
+
+    def compute_loss(self, batch) -> torch.Tensor:
+        """iMF objective on a dataset batch (raw qpos/action, uint8 images) -> scalar loss.
+
+        RNG order: condition encoder (crops), e, t draws, r draws, dropout of the r = t rows' pass, of the v pass
+        and of the JVP pass.
+        """
+        x = self._normalize_action(batch["action"].to(self._device).float())  # (B, pred_horizon, A)
+        cond = self.encode_observation(batch["images"], batch["qpos"])  # (B, obs_horizon, cond_dim), with gradients
+        e = torch.randn_like(x)
+        t, r = self._sample_tr(x)
+        _, t_view = self._broadcast_batch_time(t, x)
+        z_t = (1 - t_view) * x + t_view * e
+        error = self._model_velocity(z_t, r, t, cond) - (e - x)
+        return self._masked_mean(self._elementwise_loss(error), batch.get("action_is_pad"))
+
+    def _sample_one_step(self, z: torch.Tensor, cond: torch.Tensor, r=0.0, t=1.0) -> torch.Tensor:
+        """z_r = z_t - (t - r) * u(z_t, r, t | cond); the defaults jump from noise straight to data."""
+        r_batch, r_view = self._broadcast_batch_time(r, z)
+        t_batch, t_view = self._broadcast_batch_time(t, z)
+        return z - (t_view - r_view) * self._average_velocity(z, r_batch, t_batch, cond)
+
+    @torch.no_grad()
+    def sample_actions(self, cond: torch.Tensor, num_steps: int | None = None, noise: torch.Tensor | None = None):
+        """`num_steps` (default `inference_steps`) mean-velocity steps on linspace(1, 0):
+        cond (B, obs_horizon, cond_dim) -> normalized actions (B, pred_horizon, A)."""
+        z = self._initial_noise(cond.shape[0], cond, noise)
+        grid = torch.linspace(1.0, 0.0, steps=(num_steps or self.inference_steps) + 1)
+        for t, r in zip(grid[:-1], grid[1:]):
+            z = self._sample_one_step(z, cond, r=r, t=t)
+        return z

@@ -1,0 +1,38 @@
+"""Per-epoch shuffled training batches that a resumed run can fast-forward to the same position."""
+from torch.utils.data import BatchSampler, DistributedSampler, Sampler
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of indices; the order of an epoch depends only on (seed, epoch, rank, world_size).
+
+    Shuffling and sharding are torch's DistributedSampler (permutation seeded with seed + epoch), so the order
+    never touches the global RNG. `set_epoch(epoch, skip_batches)` skips the batches a checkpoint already consumed.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1):
+        self.sampler = DistributedSampler(
+            range(num_samples), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self.batch_size = batch_size
+        self.skip_batches = 0
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"train.batch_size={batch_size} is larger than the {len(self.sampler)} samples per process "
+                f"({num_samples} samples over {world_size} process(es)). Lower train.batch_size or add episodes."
+            )
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.skip_batches = skip_batches
+
+    def __iter__(self):
+        for i, batch in enumerate(BatchSampler(self.sampler, self.batch_size, drop_last=True)):
+            if i >= self.skip_batches:
+                yield batch
+
+    def __len__(self) -> int:
+        return max(self.batches_per_epoch - self.skip_batches, 0)

@@ -1,0 +1,1 @@
+"""Policy networks: vision backbones (`backbones/`) and action heads (`heads/`)."""

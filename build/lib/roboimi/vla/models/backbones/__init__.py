@@ -1,0 +1,3 @@
+from roboimi.vla.models.backbones.resnet_diffusion import ResNetDiffusionBackbone
+
+__all__ = ["ResNetDiffusionBackbone"]

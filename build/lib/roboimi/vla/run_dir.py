@@ -1,0 +1,78 @@
+"""One training run per run dir: an exclusive lock, the checkpoint to resume from, retention of step files.
+
+checkpoints/ holds step_<N>.pt (every save), last.pt (a copy of the newest), best_rollout.pt and, after a
+non-finite loss, nonfinite_step_<N>.pt. A kill during a write leaves only a hidden temporary file, never a partial
+checkpoint (roboimi.atomic_file).
+"""
+import fcntl
+import os
+import re
+from pathlib import Path
+
+from roboimi.atomic_file import TEMP_FILE_GLOB
+
+STEP_CHECKPOINT = re.compile(r"step_(\d+)\.pt")
+LOCK_FILE = ".run.lock"
+
+
+class RunDirLock:
+    """flock on <run_dir>/.run.lock for the run's lifetime; the file names the holder's pid.
+
+    The kernel drops the lock when the process dies, so a killed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self.path.read_text().strip() or "unknown"
+            os.close(self._fd)
+            raise RuntimeError(
+                f"Run dir {self.path.parent} is in use by another training process (pid {holder}). Wait for it, stop "
+                f"it, or pick another hydra.run.dir."
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, str(os.getpid()).encode())
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def step_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """step_<N>.pt files, oldest step first."""
+    found = [(int(m.group(1)), p) for p in Path(ckpt_dir).glob("step_*.pt") if (m := STEP_CHECKPOINT.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def remove_stale_temp_files(ckpt_dir: Path) -> list[Path]:
+    """Delete what interrupted checkpoint writes left behind (only safe while the run dir is locked)."""
+    stale = sorted(Path(ckpt_dir).glob(TEMP_FILE_GLOB))
+    for path in stale:
+        path.unlink()
+    return stale
+
+
+def newest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The checkpoint with the most training: the newest step_<N>.pt, or last.pt when no step file is newer.
+
+    Every save writes step_<N>.pt before last.pt, so a kill between the two leaves the step file newer.
+    """
+    steps = step_checkpoints(ckpt_dir)
+    last = Path(ckpt_dir) / "last.pt"
+    if steps and (not last.is_file() or steps[-1].stat().st_mtime_ns >= last.stat().st_mtime_ns):
+        return steps[-1]
+    return last if last.is_file() else None
+
+
+def prune_step_checkpoints(ckpt_dir: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` step_<N>.pt files; last.pt and best_rollout.pt stay."""
+    removed = step_checkpoints(ckpt_dir)[:-keep_last] if keep_last > 0 else []
+    for path in removed:
+        path.unlink()
+    return removed

@@ -1,0 +1,54 @@
+"""A run's settings: checks of the train.* keys, run before any data is read or any file is written (each failure
+names the key, the value given and the allowed range), and the dotted view of a config."""
+from omegaconf import DictConfig
+
+SCHEDULER_TYPES = ("cosine", "constant")
+
+
+def _require(ok: bool, key: str, value, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"train.{key}={value!r} is invalid: {allowed}.")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_train_settings(cfg: DictConfig) -> None:
+    train = cfg.train
+    for key, meaning in (
+        ("max_steps", "the number of optimizer steps"),
+        ("batch_size", "samples per step and process"),
+        ("save_freq", "a checkpoint every N steps"),
+        ("log_freq", "metrics every N steps"),
+        ("rollout_num_episodes", "episodes per rollout validation"),
+    ):
+        _require(_is_int(train[key]) and train[key] >= 1, key, train[key], f"an integer >= 1 ({meaning})")
+    for key, meaning in (
+        ("warmup_steps", "linear LR warm-up steps"),
+        ("num_workers", "DataLoader worker processes"),
+        ("keep_last", "step_<N>.pt files kept; 0 keeps all"),
+        ("rollout_val_freq_epochs", "rollouts every N epochs; 0 disables"),
+    ):
+        _require(_is_int(train[key]) and train[key] >= 0, key, train[key], f"an integer >= 0 ({meaning})")
+    _require(train.lr > 0, "lr", train.lr, "a learning rate > 0")
+    _require(0 <= train.min_lr <= train.lr, "min_lr", train.min_lr, f"within [0, train.lr={train.lr}]")
+    _require(train.weight_decay >= 0, "weight_decay", train.weight_decay, "a value >= 0")
+    _require(0 <= train.val_split < 1, "val_split", train.val_split, "a fraction in [0, 1)")
+    _require(
+        len(train.betas) == 2 and all(0 <= b < 1 for b in train.betas), "betas", list(train.betas), "two values in [0, 1)"
+    )
+    _require(train.scheduler_type in SCHEDULER_TYPES, "scheduler_type", train.scheduler_type, f"one of {list(SCHEDULER_TYPES)}")
+    resume = train.resume
+    _require(resume is None or isinstance(resume, str), "resume", resume, "null, auto or a checkpoint path")
+
+
+def flatten_config(tree: dict, prefix: str = "") -> dict:
+    """{'agent': {'head': {'n_emb': 64}}} -> {'agent.head.n_emb': 64}; lists stay values."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

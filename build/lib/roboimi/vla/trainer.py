@@ -1,0 +1,375 @@
+"""The training workspace: data, agent, EMA, optimizer, checkpoints, logging and rollout validation of one run.
+
+roboimi/demos/vla_scripts/train_vla.py starts it from the Hydra config; tests and benchmarks build it directly.
+Outputs go to the run dir: checkpoints/, logs.json.txt, swanlog/ and rollouts/.
+"""
+import math
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from roboimi.vla.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    model_config_differences,
+    restore_rng_state,
+    save_checkpoint,
+)
+from roboimi.vla.data import build_datasets
+from roboimi.vla.data.epoch_batch_sampler import EpochBatchSampler
+from roboimi.vla.distributed import AgentLoss, assert_ranks_agree, init_distributed, parameter_fingerprint
+from roboimi.vla.ema import build_ema
+from roboimi.vla.evaluation import evaluate_agent
+from roboimi.vla.experiment_logger import ExperimentLogger
+from roboimi.vla.fast_paths import attention_backends, bf16_autocast
+from roboimi.vla.models.heads.external_checkpoint import load_external_imf_head_state_dict
+from roboimi.vla.optim import build_lr_scheduler, build_optimizer
+from roboimi.vla.run_dir import RunDirLock, newest_checkpoint, prune_step_checkpoints, remove_stale_temp_files
+from roboimi.vla.runtime import seed_everything
+from roboimi.vla.settings import validate_train_settings
+
+
+def make_loader(dataset, cfg, dist_ctx, shuffle_seed: int) -> tuple[DataLoader, EpochBatchSampler]:
+    batch_sampler = EpochBatchSampler(
+        len(dataset), cfg.train.batch_size, seed=shuffle_seed, rank=dist_ctx.rank, world_size=dist_ctx.world_size
+    )
+    workers = cfg.train.num_workers
+    loader = DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=workers,
+        pin_memory=cfg.train.pin_memory and dist_ctx.device.type == "cuda",
+        persistent_workers=cfg.train.persistent_workers and workers > 0,
+        # Own generator: creating worker iterators must not consume the global RNG, or resumed runs diverge.
+        generator=torch.Generator().manual_seed(shuffle_seed),
+    )
+    return loader, batch_sampler
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def fill_data_dims(cfg: DictConfig, bundle) -> None:
+    """Write the dims read from the files into the config, so checkpoints describe themselves."""
+    cfg.agent.obs_dim = bundle.state_dim
+    cfg.agent.action_dim = bundle.action_dim
+    cfg.data.image_shape = list(bundle.image_shape) if bundle.image_shape else None  # None: no cameras
+    if list(cfg.agent.camera_names) != list(cfg.data.camera_names):
+        raise ValueError(
+            f"agent.camera_names={list(cfg.agent.camera_names)} does not match data.camera_names="
+            f"{list(cfg.data.camera_names)}. Set only data.camera_names; the agent follows it by interpolation."
+        )
+
+
+def resolve_resume_path(train_cfg, ckpt_dir: Path) -> Path | None:
+    """The checkpoint to continue from, or None to start fresh; a fresh start never replaces earlier checkpoints."""
+    newest = newest_checkpoint(ckpt_dir)
+    if train_cfg.resume == "auto":
+        if newest is None:
+            print(f"train.resume=auto: no checkpoint in {ckpt_dir}, starting fresh.")
+        return newest
+    if train_cfg.resume is not None:
+        return Path(train_cfg.resume)
+    if newest is not None and not train_cfg.overwrite:
+        raise RuntimeError(
+            f"{ckpt_dir} already holds checkpoints (newest: {newest.name}). Continue that run with train.resume=auto, "
+            f"start over in place with train.overwrite=true, or pick another hydra.run.dir."
+        )
+    return None
+
+
+class Trainer:
+    """The optimisation loop with its checkpoint, logging and validation events.
+
+    Settings are checked before anything else; then the run dir is locked for the Trainer's lifetime (released
+    by `fit` or `close`), so a second process on the same run dir stops at once. Under torchrun every rank runs this loop on its shard of each epoch (global batch = train.batch_size x world
+    size); rank 0 alone logs, writes checkpoints and runs rollouts, and the other ranks wait at a barrier.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        validate_train_settings(cfg)
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.dist = init_distributed(cfg.train.device)
+        self.device = self.dist.device
+        self.lock = RunDirLock(self.run_dir) if self.dist.is_main else None
+        try:
+            self._build(cfg)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run dir (also done by `fit`)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _build(self, cfg: DictConfig) -> None:
+        if self.dist.is_main:
+            for stale in remove_stale_temp_files(self.ckpt_dir):
+                print(f"Removed {stale}, left by an interrupted checkpoint write.")
+        resume_path = resolve_resume_path(cfg.train, self.ckpt_dir)
+        seed_everything(cfg.train.seed + self.dist.rank)
+
+        self.bundle = build_datasets(
+            cfg.data.dataset_dir,
+            list(cfg.data.camera_names),
+            cfg.data.obs_horizon,
+            cfg.data.pred_horizon,
+            val_split=cfg.train.val_split,
+            seed=cfg.train.seed,
+            image_resize_shape=cfg.data.image_resize_shape,
+            state_keys=cfg.data.state_keys,
+        )
+        fill_data_dims(cfg, self.bundle)
+        self.train_loader, self.batch_sampler = make_loader(self.bundle.train, cfg, self.dist, cfg.train.seed)
+        self.val_loader = None
+        if self.bundle.val is not None:
+            self.val_loader, _ = make_loader(self.bundle.val, cfg, self.dist, cfg.train.seed + 1)
+
+        self.agent = instantiate(cfg.agent)
+        self.agent.set_normalization_stats(self.bundle.stats)
+        if cfg.train.init_head_from:
+            load_external_imf_head_state_dict(self.agent.noise_pred_net, cfg.train.init_head_from)
+        self.agent.to(self.device)
+        self.loss_model = AgentLoss(self.agent)
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.loss_model = torch.nn.parallel.DistributedDataParallel(self.loss_model, device_ids=device_ids)
+        # Built after the move to the device, so the averaged copy lives there too.
+        self.ema = build_ema(self.agent, cfg.train.ema_power, cfg.train.ema_max_decay) if cfg.train.use_ema else None
+        self.optimizer = build_optimizer(self.agent, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay)
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, cfg.train)
+        self.trainable_params = [p for p in self.agent.parameters() if p.requires_grad]
+
+        self.global_step = 0
+        self.epoch = 0
+        self.batches_done_in_epoch = 0
+        self.best_success_rate = -1.0
+        self.last_rollout_step = None
+        self.config_dict = OmegaConf.to_container(cfg, resolve=True)
+        if resume_path is not None:
+            self.resume_from(resume_path)
+
+        self.logger = ExperimentLogger(
+            self.run_dir,
+            active=self.dist.is_main,
+            use_swanlab=cfg.train.use_swanlab,
+            project=cfg.train.swanlab_project,
+            mode=cfg.train.swanlab_mode,
+            experiment_name=self.experiment_name,
+            group=self.experiment_name,
+            config=self.config_dict,
+        )
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    @property
+    def experiment_name(self) -> str:
+        return self.cfg.train.swanlab_experiment_name or self.run_dir.name
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.cfg.train.batch_size * self.dist.world_size
+
+    @property
+    def policy(self) -> torch.nn.Module:
+        """The weights rollouts act with: the EMA copy when train.use_ema, else the trained agent itself."""
+        return self.agent if self.ema is None else self.ema.module
+
+    def checkpoint_payload(self) -> dict:
+        ema = {} if self.ema is None else {"ema": self.ema.module.state_dict(), "ema_updates": int(self.ema.n_averaged)}
+        return {
+            "agent": self.agent.state_dict(),
+            **ema,
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "samples_done_in_epoch": self.batches_done_in_epoch * self.global_batch_size,
+            "world_size": self.dist.world_size,
+            "best_success_rate": self.best_success_rate,
+            "config": self.config_dict,
+            "rng": self.dist.gather_objects(capture_rng_state()),
+        }
+
+    def save(self, name: str) -> Path:
+        """Collective: every rank contributes its RNG state, rank 0 writes."""
+        payload = self.checkpoint_payload()
+        path = self.ckpt_dir / name
+        if self.dist.is_main:
+            save_checkpoint(path, payload)
+            if not name.startswith("nonfinite"):
+                save_checkpoint(self.ckpt_dir / "last.pt", payload)
+            prune_step_checkpoints(self.ckpt_dir, self.cfg.train.keep_last)
+        self.dist.barrier()
+        return path
+
+    def resume_from(self, path: Path) -> None:
+        checkpoint = load_checkpoint(path)
+        differences = model_config_differences(checkpoint["config"], self.config_dict)
+        if differences:
+            raise ValueError(
+                f"Checkpoint {path} was trained with a different model config; differing keys:\n  "
+                + "\n  ".join(differences)
+                + "\nResume with the same agent/data settings, or start a new run without train.resume."
+            )
+        self.agent.load_state_dict(checkpoint["agent"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        if self.ema is not None:
+            if "ema" in checkpoint:
+                self.ema.module.load_state_dict(checkpoint["ema"])
+                self.ema.n_averaged.fill_(checkpoint["ema_updates"])
+            elif self.dist.is_main:
+                print(f"{path} holds no EMA weights (trained with train.use_ema=false): the EMA starts from its weights.")
+        self.global_step = checkpoint["global_step"]
+        self.epoch = checkpoint["epoch"]
+        self.batches_done_in_epoch = checkpoint["samples_done_in_epoch"] // self.global_batch_size
+        self.best_success_rate = checkpoint["best_success_rate"]
+        if len(checkpoint["rng"]) == self.dist.world_size:
+            restore_rng_state(checkpoint["rng"][self.dist.rank])
+        else:
+            # A new world size cannot replay the old per-rank random streams; reseed each rank deterministically.
+            seed_everything(self.cfg.train.seed + self.dist.rank + self.global_step)
+        if self.dist.is_main:
+            print(f"Resumed from {path} at step {self.global_step} (epoch {self.epoch}).")
+
+    # ---- one optimizer step ------------------------------------------------------------------
+    @contextmanager
+    def forward_context(self):
+        with attention_backends(self.cfg.train.fused_sdpa, self.device), bf16_autocast(self.cfg.train.bf16_autocast, self.device):
+            yield
+
+    def train_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; returns the loss averaged over ranks and the (clipped-from) gradient norm."""
+        with self.forward_context():
+            loss = self.loss_model(to_device(batch, self.device))
+        mean_loss = self.dist.mean(loss.detach())
+        if not torch.isfinite(mean_loss):
+            path = self.save(f"nonfinite_step_{self.global_step}.pt")
+            raise FloatingPointError(
+                f"Non-finite training loss ({mean_loss.item()}) at step {self.global_step}; diagnostic checkpoint: {path}. "
+                f"Try a lower train.lr, a positive train.grad_clip, or check the dataset for NaN/inf values."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_params, max_norm)
+        check_sync = self.dist.enabled and self.global_step < self.cfg.train.ddp_sync_check_steps
+        if check_sync:
+            assert_ranks_agree(self.dist, "gradient norm", grad_norm.item(), self.global_step)
+        self.optimizer.step()
+        if check_sync:
+            assert_ranks_agree(self.dist, "parameter fingerprint", parameter_fingerprint(self.trainable_params), self.global_step)
+        self.lr_scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.agent)
+        self.global_step += 1
+        return mean_loss, grad_norm
+
+    # ---- validation events -------------------------------------------------------------------
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        self.agent.eval()
+        losses = []
+        for batch in self.val_loader:
+            with self.forward_context():
+                losses.append(self.agent.compute_loss(to_device(batch, self.device)))
+        self.agent.train()
+        return self.dist.mean(torch.stack(losses).mean()).item()
+
+    def rollout_validation(self) -> None:
+        """Collective: rank 0 runs the episodes while the other ranks wait."""
+        if self.dist.is_main:
+            self._run_rollouts()
+        self.last_rollout_step = self.global_step
+        self.dist.barrier()
+
+    def _run_rollouts(self) -> None:
+        if self.cfg.data.task is None:
+            warnings.warn("data.task is null: rollout validation skipped (set data.task to a built-in task).")
+            return
+        output_dir = self.run_dir / "rollouts" / f"step_{self.global_step}"
+        summary = evaluate_agent(
+            self.policy,
+            self.cfg,
+            num_episodes=self.cfg.train.rollout_num_episodes,
+            output_dir=output_dir,
+            record_video=self.cfg.train.rollout_record_video,
+            progress=False,
+        )
+        self.logger.log_scalars(
+            {
+                "rollout/success_rate": summary["success_rate"],
+                "rollout/avg_reward": summary["mean_return"],
+                "rollout/max_reward": summary["mean_max_reward"],
+                "rollout/avg_inference_ms": summary["mean_inference_ms"],
+            },
+            self.global_step,
+        )
+        self.logger.log_images("rollout/trajectory", summary.get("trajectory_images", []), self.global_step)
+        for gif in [v for v in summary.get("videos", []) if str(v).endswith(".gif")]:
+            self.logger.log_gif("rollout/video", gif, self.global_step)
+        if summary["success_rate"] > self.best_success_rate:
+            self.best_success_rate = summary["success_rate"]
+            self.save("best_rollout.pt")
+        print(f"step {self.global_step}: rollout success rate {summary['success_rate']:.2f} -> {output_dir}")
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def fit(self) -> None:
+        cfg = self.cfg.train
+        self.agent.train()
+        bar = tqdm(total=cfg.max_steps, initial=self.global_step, desc="train", dynamic_ncols=True, disable=not self.dist.is_main)
+        last_log_time, last_log_step = time.perf_counter(), self.global_step
+        while self.global_step < cfg.max_steps:
+            self.batch_sampler.set_epoch(self.epoch, skip_batches=self.batches_done_in_epoch)
+            for batch in self.train_loader:
+                loss, grad_norm = self.train_step(batch)
+                self.batches_done_in_epoch += 1
+                bar.update(1)
+                if self.global_step % cfg.log_freq == 0 or self.global_step == cfg.max_steps:
+                    now = time.perf_counter()
+                    it_per_s = (self.global_step - last_log_step) / (now - last_log_time)
+                    last_log_time, last_log_step = now, self.global_step
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                    self.logger.log_scalars(
+                        {"train/loss": loss.item(), "train/lr": lr, "train/grad_norm": grad_norm.item(), "train/it_per_s": it_per_s},
+                        self.global_step,
+                    )
+                if self.global_step % cfg.save_freq == 0:
+                    self.save(f"step_{self.global_step}.pt")
+                    if cfg.rollout_validate_on_checkpoint:
+                        self.rollout_validation()
+                if self.global_step >= cfg.max_steps:
+                    break
+            else:
+                self.end_of_epoch()
+        bar.close()
+        if self.global_step % cfg.save_freq != 0:
+            self.save(f"step_{self.global_step}.pt")
+        if cfg.rollout_val_freq_epochs > 0 and self.last_rollout_step != self.global_step:
+            self.rollout_validation()  # the success curve ends at the weights the run leaves behind
+        self.logger.finish()
+        self.dist.close()
+        self.close()
+        if self.dist.is_main:
+            print(f"Training done: {self.global_step} steps. Checkpoint: {self.ckpt_dir / 'last.pt'}; metrics: {self.logger.jsonl_path}")
+
+    def end_of_epoch(self) -> None:
+        if self.val_loader is not None:
+            self.logger.log_scalars({"val/loss": self.validation_loss()}, self.global_step)
+        freq = self.cfg.train.rollout_val_freq_epochs
+        if freq > 0 and (self.epoch + 1) % freq == 0:
+            self.rollout_validation()
+        self.epoch += 1
+        self.batches_done_in_epoch = 0

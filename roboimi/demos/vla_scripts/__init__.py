@@ -1,0 +1,1 @@
+"""Entry points of training and evaluation (also installed as roboimi-train and roboimi-eval)."""

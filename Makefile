@@ -34,9 +34,9 @@ demo: $(STAMP)
 		camera_names=$(CAMERAS) image_size=$(IMAGE_SIZE) seed=0
 	$(PY) roboimi/demos/vla_scripts/train_vla.py agent=$(AGENT) data=$(DATA_CONFIG) train=$(TRAIN) data.dataset_dir=$(DATA) \
 		hydra.run.dir=$(RUN) train.resume=auto train.use_swanlab=true train.swanlab_mode=local $(TRAIN_OVERRIDES)
-	$(PY) roboimi/demos/vla_scripts/eval_vla.py ckpt_path=$(RUN)/checkpoints/last.pt \
+	$(PY) roboimi/demos/vla_scripts/eval_vla.py ckpt_path=$(RUN)/policy.pt \
 		eval.num_episodes=$(EVAL_EPISODES) eval.output_dir=$(RUN)/eval eval.record_video=true eval.num_workers=2
-	@echo "checkpoint: $(RUN)/checkpoints/last.pt | metrics: $(RUN)/logs.json.txt | dashboard: $(PY) -m swanlab watch $(RUN)/swanlog | rollouts: $(RUN)/eval"
+	@echo "policy: $(RUN)/policy.pt | checkpoint: $(RUN)/checkpoints/last.pt | metrics: $(RUN)/logs.json.txt | dashboard: $(PY) -m swanlab watch $(RUN)/swanlog | rollouts: $(RUN)/eval"
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q

@@ -63,6 +63,16 @@ class TrainerEmaTest(TinyDatasetTestCase):
         for key, value in full.ema.module.state_dict().items():
             torch.testing.assert_close(resumed.ema.module.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
+        policy_path = self.run_dir("ema_full") / "policy.pt"
+        policy = load_checkpoint(policy_path)
+        self.assertEqual(sorted(policy), ["agent", "config", "global_step", "weights"])  # no optimizer, no second copy
+        self.assertEqual((policy["weights"], policy["global_step"]), ("ema", 6))
+        for key, value in last["ema"].items():
+            torch.testing.assert_close(policy["agent"][key], value, rtol=0, atol=0)
+        self.assertLess(policy_path.stat().st_size, 0.5 * (self.run_dir("ema_full") / "checkpoints" / "last.pt").stat().st_size)
+        _, _, weights = build_agent_from_checkpoint(policy, torch.device("cpu"), use_ema=False)
+        self.assertEqual(weights, "ema")  # the export's only weights, named as such
+
         agent, _, weights = build_agent_from_checkpoint(last, torch.device("cpu"))
         self.assertEqual(weights, "ema")
         torch.testing.assert_close(agent.noise_pred_net.head.weight, last["ema"]["noise_pred_net.head.weight"])

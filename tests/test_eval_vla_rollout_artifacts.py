@@ -54,6 +54,16 @@ class EvalVLAArtifactsTest(unittest.TestCase):
         suffixes = {Path(p).suffix for p in summary["videos"]}
         self.assertEqual(suffixes, {".gif", ".mp4"})
 
+    def test_the_policy_export_evaluates_like_the_checkpoint(self):
+        from_checkpoint, _ = self.evaluate("from_last", [])
+        self.ckpt, checkpoint = self.run_dir / "policy.pt", self.ckpt
+        try:
+            from_export, _ = self.evaluate("from_export", [])
+        finally:
+            self.ckpt = checkpoint
+        self.assertEqual(from_export["weights"], "ema")
+        self.assertEqual(from_export["episodes"], from_checkpoint["episodes"])
+
     def test_no_video_unless_asked(self):
         summary, out = self.evaluate("no_video", [])
         self.assertEqual(summary.get("videos", []), [])

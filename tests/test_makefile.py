@@ -24,7 +24,7 @@ class DemoTargetTest(unittest.TestCase):
         for part in ("agent=state_imf_attnres", "data=sim_transfer_state", "train=state", "train.resume=auto",
                      "data.dataset_dir=data/sim_transfer_state_50", "hydra.run.dir=runs/demo_state_imf_attnres"):
             self.assertIn(part, train)
-        for part in ("ckpt_path=runs/demo_state_imf_attnres/checkpoints/last.pt", "eval.num_episodes=50", "eval.record_video=true"):
+        for part in ("ckpt_path=runs/demo_state_imf_attnres/policy.pt", "eval.num_episodes=50", "eval.record_video=true"):
             self.assertIn(part, evaluate)
         self.assertIn("rollouts: runs/demo_state_imf_attnres/eval", report)
 

@@ -97,12 +97,15 @@ def require_trusted_targets(config: dict, where: str = "agent") -> None:
 def build_agent_from_checkpoint(checkpoint: dict, device: torch.device, use_ema: bool = True):
     """Rebuild the agent from the config, weights and normalization stats stored in a checkpoint.
 
-    `use_ema` takes the EMA weights where the checkpoint has them (train.use_ema), else the trained weights.
-    Returns (agent, cfg, which weights were loaded: 'ema' | 'raw').
+    `use_ema` takes the EMA weights where the checkpoint has them (train.use_ema), else the trained weights. A policy
+    export (policy.pt) holds one set of weights and says which. Returns (agent, cfg, 'ema' | 'raw').
     """
     cfg: DictConfig = OmegaConf.create(checkpoint["config"])
     require_trusted_targets(checkpoint["config"]["agent"])
     agent = instantiate(cfg.agent)
-    weights = "ema" if use_ema and "ema" in checkpoint else "raw"
-    agent.load_state_dict(checkpoint["ema" if weights == "ema" else "agent"])
+    if use_ema and "ema" in checkpoint:
+        state, weights = checkpoint["ema"], "ema"
+    else:  # a training checkpoint's trained weights, or a policy export's only weights
+        state, weights = checkpoint["agent"], checkpoint.get("weights", "raw")
+    agent.load_state_dict(state)
     return agent.to(device), cfg, weights

@@ -201,6 +201,13 @@ class Trainer:
             "rng": self.dist.gather_objects(capture_rng_state()),
         }
 
+    def export_policy(self) -> Path:
+        """<run>/policy.pt: the rollout weights (EMA when kept), config and step; no optimizer. eval_vla.py takes it."""
+        path = self.run_dir / "policy.pt"
+        weights = "raw" if self.ema is None else "ema"
+        payload = {"agent": self.policy.state_dict(), "weights": weights, "config": self.config_dict, "global_step": self.global_step}
+        return save_checkpoint(path, payload)
+
     def save(self, name: str) -> Path:
         """Collective: every rank contributes its RNG state, rank 0 writes."""
         payload = self.checkpoint_payload()
@@ -359,11 +366,16 @@ class Trainer:
             self.save(f"step_{self.global_step}.pt")
         if cfg.rollout_val_freq_epochs > 0 and self.last_rollout_step != self.global_step:
             self.rollout_validation()  # the success curve ends at the weights the run leaves behind
+        if self.dist.is_main:
+            self.export_policy()
         self.logger.finish()
         self.dist.close()
         self.close()
         if self.dist.is_main:
-            print(f"Training done: {self.global_step} steps. Checkpoint: {self.ckpt_dir / 'last.pt'}; metrics: {self.logger.jsonl_path}")
+            print(
+                f"Training done: {self.global_step} steps. Policy for evaluation: {self.run_dir / 'policy.pt'}; full "
+                f"checkpoint to resume: {self.ckpt_dir / 'last.pt'}; metrics: {self.logger.jsonl_path}"
+            )
 
     def end_of_epoch(self) -> None:
         if self.val_loader is not None:

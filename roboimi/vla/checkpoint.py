@@ -39,10 +39,12 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch's message suggests weights_only=False; only the line naming the refused object is worth showing.
+        refused = next((line for line in str(exc).splitlines() if "GLOBAL" in line), str(exc).splitlines()[0])
         raise RuntimeError(
             f"Refusing to load checkpoint {path}: it holds objects other than tensors, numbers, strings and containers "
-            f"({exc}). It was not written by this version of RoboIMI or was tampered with; loading it could run code. "
-            f"Retrain, or re-save a file you trust with plain contents."
+            f"({refused.strip()}). It was not written by this version of RoboIMI or was tampered with; loading it "
+            f"could run code. Retrain, or re-save a file you trust with plain contents."
         ) from exc
     except Exception as exc:
         raise RuntimeError(f"Could not read checkpoint {path} ({exc}). The file is corrupt or not a RoboIMI checkpoint.") from exc

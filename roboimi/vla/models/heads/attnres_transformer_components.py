@@ -70,14 +70,6 @@ def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(rotated).reshape(x.shape).to(x.dtype)
 
 
-def _repeat_kv(x: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """(B, T, K, d_h) -> (B, T, K·n_groups, d_h); KV head k serves query heads k·G … k·G+G-1."""
-    batch, seq_len, n_kv_heads, d_head = x.shape
-    return x[:, :, :, None, :].expand(batch, seq_len, n_kv_heads, n_groups, d_head).reshape(
-        batch, seq_len, n_kv_heads * n_groups, d_head
-    )
-
-
 class GroupedQuerySelfAttention(nn.Module):
     """Multi-head self-attention with RoPE on q/k and n_kv_heads <= n_heads shared key/value heads."""
 
@@ -111,13 +103,12 @@ class GroupedQuerySelfAttention(nn.Module):
         freqs = rope_freqs[:seq_len]
         q = apply_rope(q, freqs)
         k = apply_rope(k, freqs)
-        if self.n_kv_groups > 1:
-            k = _repeat_kv(k, self.n_kv_groups)
-            v = _repeat_kv(v, self.n_kv_groups)
 
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, d_h)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, d_h); k, v (B, K, T, d_h)
+        # enable_gqa: each group of n_heads / n_kv_heads query heads shares one key/value head.
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout.p if self.training else 0.0
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout.p if self.training else 0.0,
+            enable_gqa=self.n_kv_groups > 1,
         )
         out = out.transpose(1, 2).contiguous().view(batch, seq_len, self.d_model)
         return self.out_dropout(self.w_o(out))

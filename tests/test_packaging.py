@@ -1,5 +1,6 @@
 """Packaging: environment.yml mirrors setup.py's pins, and a built wheel ships the trainer, configs and console scripts."""
 import ast
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,9 +37,13 @@ class WheelTest(unittest.TestCase):
 
     def test_wheel_holds_the_trainer_configs_and_entry_points(self):
         with tempfile.TemporaryDirectory() as tmp:
+            # Built from a copy: setuptools writes build/ and egg-info next to setup.py.
+            source = Path(tmp) / "source"
+            shutil.copytree(ROOT / "roboimi", source / "roboimi", ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copy(ROOT / "setup.py", source)
             subprocess.run(
-                [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", tmp, str(ROOT)],
-                check=True, capture_output=True, cwd=tmp,
+                [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", tmp, str(source)],
+                check=True, capture_output=True,
             )
             [wheel] = Path(tmp).glob("roboimi-*.whl")
             with zipfile.ZipFile(wheel) as archive:

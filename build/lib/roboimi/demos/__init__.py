@@ -1,1 +1,0 @@
-"""Runnable demos: dataset recording and the VLA training / evaluation scripts."""

@@ -1,1 +1,0 @@
-"""Policy networks: vision backbones (`backbones/`) and action heads (`heads/`)."""

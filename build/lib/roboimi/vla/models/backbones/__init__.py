@@ -1,3 +1,0 @@
-from roboimi.vla.models.backbones.resnet_diffusion import ResNetDiffusionBackbone
-
-__all__ = ["ResNetDiffusionBackbone"]

@@ -53,6 +53,14 @@ def success_stderr(summary: dict) -> float:
     return math.sqrt(p * (1 - p) / n)
 
 
+def save_figure(fig, ax, path: Path, grid_which: str = "major") -> None:
+    ax.grid(alpha=0.3, which=grid_which)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_loss_curves(runs: dict[str, list[dict]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for (label, records), colour in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
@@ -64,11 +72,7 @@ def plot_loss_curves(runs: dict[str, list[dict]], path: Path) -> None:
     ax.set_ylabel("loss (each agent's own objective; scales differ)")
     ax.set_yscale("log")
     ax.set_title("Training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, ax, path)
 
 
 def plot_success_curves(runs: dict[str, list[dict]], path: Path) -> bool:
@@ -83,11 +87,7 @@ def plot_success_curves(runs: dict[str, list[dict]], path: Path) -> bool:
     ax.set_ylabel("rollout validation success (%)")
     ax.set_ylim(-5, 105)
     ax.set_title("Success during training (validation rollouts, held-out seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, ax, path)
     return True
 
 
@@ -100,11 +100,7 @@ def plot_against_nfe(evals: list[tuple[str, int, dict]], path: Path, value, erro
     ax.set_xlabel("network function evaluations per action chunk (NFE)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, ax, path, grid_which="both")
 
 
 def markdown_tables(runs: dict[str, list[dict]], evals: list[tuple[str, int, dict]]) -> str:

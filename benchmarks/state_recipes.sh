@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # State-only recipes: both agents trained with the committed configs (agent=state_*, data=<task>_state, train=state)
 # on camera-less scripted demos, then scored over 50 held-out seeds (1000-1049; the demos used seeds 0..):
-# the baseline at DDIM-10, IMF-AttnRes at 1 and 2 steps. sim_transfer: 50 demos, the preset's 4000 steps;
-# sim_insertion (harder): 100 demos, 10000 steps. docs/results.md has the numbers of the committed run.
+# the baseline at DDIM-10, IMF-AttnRes at 1 and 2 steps, 50 demos and the preset's 4000 steps on both tasks.
+# docs/results.md has the numbers of the committed run.
 #
 #   bash benchmarks/state_recipes.sh                      # both tasks: about 1 h on 2 CPU cores
 #   TASKS=sim_transfer bash benchmarks/state_recipes.sh   # one task
@@ -18,25 +18,18 @@ PYTHON=${PYTHON:-.venv/bin/python}
 "$PYTHON" -c "import matplotlib" 2>/dev/null || "$PYTHON" -m pip install -q -e ".[bench]"  # the plots
 TASKS=${TASKS:-"sim_transfer sim_insertion"}
 AGENTS=${AGENTS:-"state_transformer state_imf_attnres"}
+EPISODES=${EPISODES:-50}             # training demos per task (seeds 0..)
 EVAL_EPISODES=${EVAL_EPISODES:-50}   # held-out rollouts per policy (seeds 1000..)
 OVERRIDES=${OVERRIDES:-}             # extra Hydra overrides for every agent, e.g. "train.lr=3e-4"
 OUT=${OUT:-runs/state_recipes}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-
-task_settings() {  # task_settings TASK: sets EPISODES and TASK_OVERRIDES
-    case $1 in
-        sim_insertion) EPISODES=100; TASK_OVERRIDES="train.max_steps=10000 train.rollout_val_freq_epochs=16" ;;
-        *) EPISODES=50; TASK_OVERRIDES="" ;;
-    esac
-}
 
 train() {  # train TASK AGENT
     local task=$1 agent=$2 run_dir=$OUT/$1_$2
     echo "== train $agent on ${task}_state in $run_dir (log: $run_dir.log)"
     # shellcheck disable=SC2086
     "$PYTHON" roboimi/demos/vla_scripts/train_vla.py agent="$agent" data="${task}_state" train=state \
-        data.dataset_dir="data/${task}_state_$EPISODES" train.resume=auto hydra.run.dir="$run_dir" $TASK_OVERRIDES $OVERRIDES \
-        > "$run_dir.log" 2>&1
+        data.dataset_dir="data/${task}_state_$EPISODES" train.resume=auto hydra.run.dir="$run_dir" $OVERRIDES > "$run_dir.log" 2>&1
 }
 
 evaluate() {  # evaluate TASK AGENT INFERENCE_STEPS
@@ -51,7 +44,6 @@ evaluate() {  # evaluate TASK AGENT INFERENCE_STEPS
 
 mkdir -p "$OUT"
 for task in $TASKS; do
-    task_settings "$task"
     echo "== record $EPISODES camera-less $task demos in data/${task}_state_$EPISODES"
     "$PYTHON" roboimi/demos/record_sim_episodes.py task="$task" num_episodes="$EPISODES" \
         dataset_dir="data/${task}_state_$EPISODES" camera_names=[] seed=0

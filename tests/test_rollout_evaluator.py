@@ -15,7 +15,7 @@ from roboimi.envs.aloha_tasks import ALOHA_TASKS
 from roboimi.envs.media import SHEET_LABEL_WIDTH, SHEET_THUMBNAIL_HW
 from roboimi.envs.scripted_policy import ScriptedDemonstrator
 from roboimi.envs.sim_env import DualArmSimEnv
-from tests.test_sim_env import pixels_near, red_pixels
+from tests.image_checks import pixels_near, red_pixels
 
 TIMING_KEYS = ("obs_read_ms", "preprocess_ms", "inference_ms", "env_step_ms", "loop_total_ms")
 

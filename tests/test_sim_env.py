@@ -10,22 +10,12 @@ import numpy as np
 from gym_aloha.utils import sample_box_pose
 
 from roboimi.envs import InvalidActionError, list_tasks, make_env, register_task
+from tests.image_checks import pixels_near, red_pixels
 
 START_GRIPPER_LINK_XYZ = {  # gripper link positions at START_ARM_POSE, as listed in gym-aloha's mocap setup
     "left": [-0.31718881, 0.5, 0.29525084],
     "right": [0.31718881, 0.49999888, 0.29525084],
 }
-
-
-def red_pixels(image: np.ndarray) -> int:
-    r, g, b = (image[..., c].astype(int) for c in range(3))
-    return int(np.sum((r > 150) & (g < 60) & (b < 60)))
-
-
-def pixels_near(image: np.ndarray, rgba, tolerance: int = 60) -> int:
-    """Pixels within `tolerance` (per channel) of an rgba colour in [0, 1]; shading darkens, so be generous."""
-    target = np.array([255 * c for c in rgba[:3]])
-    return int(np.sum(np.all(np.abs(image.astype(int) - target) < tolerance, axis=-1)))
 
 
 class RegistryTest(unittest.TestCase):

@@ -1,4 +1,5 @@
 """The README's main command: `make demo` records, trains with the committed recipe and evaluates, sized by variables."""
+import os
 import shutil
 import subprocess
 import unittest
@@ -9,8 +10,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def demo_commands(*variables: str) -> list[str]:
     """The commands `make demo` would run (a dry run; the install step's stamp is assumed present)."""
+    # Under `make test` the parent's MAKEFLAGS / MAKELEVEL would make this a sub-make that prints directory lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     result = subprocess.run(
-        ["make", "-n", "-o", ".venv/.installed", "demo", *variables], cwd=ROOT, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", "-o", ".venv/.installed", "demo", *variables],
+        cwd=ROOT, capture_output=True, text=True, check=True, env=env,
     )
     return [line for line in result.stdout.replace("\\\n", " ").splitlines() if line.strip()]
 

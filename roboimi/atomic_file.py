@@ -8,6 +8,14 @@ from pathlib import Path
 TEMP_FILE_GLOB = ".*.tmp"  # what an interrupted write leaves next to its destination
 
 
+def remove_stale_temp_files(directory) -> list[Path]:
+    """Delete what interrupted writes left in `directory`; only safe while no write there is in flight."""
+    stale = sorted(Path(directory).glob(TEMP_FILE_GLOB))
+    for path in stale:
+        path.unlink()
+    return stale
+
+
 @contextmanager
 def atomic_write_path(path):
     """Yield a temporary path next to `path`; after the block, fsync it and os.replace it onto `path`.

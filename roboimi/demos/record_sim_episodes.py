@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 from roboimi.envs.scripted_policy import Demonstration, ScriptedDemonstrator  # noqa: E402  (sets MUJOCO_GL)
 from gym_aloha.constants import FPS  # noqa: E402
-from roboimi.atomic_file import TEMP_FILE_GLOB  # noqa: E402
+from roboimi.atomic_file import remove_stale_temp_files  # noqa: E402
 from roboimi.vla.data.episode_files import COMPRESSIONS, EPISODE_PATTERN, write_episode_file  # noqa: E402
 
 DEFAULTS = {
@@ -71,8 +71,7 @@ def _resume_point(dataset_dir: Path, first_seed: int, request: dict) -> tuple[in
     again; episodes recorded with another task, cameras or image size are refused, since appending to them would
     mix two datasets.
     """
-    for stray in dataset_dir.glob(TEMP_FILE_GLOB):
-        stray.unlink()
+    remove_stale_temp_files(dataset_dir)
     indices = {int(m.group(1)) for p in dataset_dir.iterdir() if (m := EPISODE_PATTERN.match(p.name))}
     done = 0
     while done in indices:

@@ -9,8 +9,6 @@ import os
 import re
 from pathlib import Path
 
-from roboimi.atomic_file import TEMP_FILE_GLOB
-
 STEP_CHECKPOINT = re.compile(r"step_(\d+)\.pt")
 LOCK_FILE = ".run.lock"
 
@@ -48,14 +46,6 @@ def step_checkpoints(ckpt_dir: Path) -> list[Path]:
     """step_<N>.pt files, oldest step first."""
     found = [(int(m.group(1)), p) for p in Path(ckpt_dir).glob("step_*.pt") if (m := STEP_CHECKPOINT.fullmatch(p.name))]
     return [p for _, p in sorted(found)]
-
-
-def remove_stale_temp_files(ckpt_dir: Path) -> list[Path]:
-    """Delete what interrupted checkpoint writes left behind (only safe while the run dir is locked)."""
-    stale = sorted(Path(ckpt_dir).glob(TEMP_FILE_GLOB))
-    for path in stale:
-        path.unlink()
-    return stale
 
 
 def newest_checkpoint(ckpt_dir: Path) -> Path | None:

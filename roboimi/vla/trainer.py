@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from roboimi.atomic_file import remove_stale_temp_files
 from roboimi.vla.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -31,7 +32,7 @@ from roboimi.vla.experiment_logger import ExperimentLogger
 from roboimi.vla.fast_paths import attention_backends, bf16_autocast
 from roboimi.vla.models.heads.external_checkpoint import load_external_imf_head_state_dict
 from roboimi.vla.optim import build_lr_scheduler, build_optimizer
-from roboimi.vla.run_dir import RunDirLock, newest_checkpoint, prune_step_checkpoints, remove_stale_temp_files
+from roboimi.vla.run_dir import RunDirLock, newest_checkpoint, prune_step_checkpoints
 from roboimi.vla.runtime import seed_everything
 from roboimi.vla.settings import validate_train_settings
 

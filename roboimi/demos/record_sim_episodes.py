@@ -64,12 +64,12 @@ def _recorded_settings(path: Path) -> dict:
         }
 
 
-def _resume_point(dataset_dir: Path, first_seed: int, request: dict) -> tuple[int, int]:
+def _resume_point(dataset_dir: Path, first_seed: int, requested: dict) -> tuple[int, int]:
     """(episodes already complete, next seed to try).
 
     Stray temporary files of an interrupted run are removed; an unreadable last episode is named and recorded
     again; episodes recorded with another task, cameras or image size are refused, since appending to them would
-    mix two datasets.
+    mix two datasets. `requested`: the task, camera_names and image_size of this run, as _recorded_settings reads them.
     """
     remove_stale_temp_files(dataset_dir)
     indices = {int(m.group(1)) for p in dataset_dir.iterdir() if (m := EPISODE_PATTERN.match(p.name))}
@@ -87,8 +87,7 @@ def _resume_point(dataset_dir: Path, first_seed: int, request: dict) -> tuple[in
             print(f"Episode file {path} is unreadable or incomplete ({error}); recording it again.")
             path.unlink()
             return index, next_seed
-        expected = {"task": request["task"], "camera_names": sorted(request["camera_names"]), "image_size": list(request["image_size"]) if request["camera_names"] else None}
-        for key, value in expected.items():
+        for key, value in requested.items():
             if recorded[key] != value:
                 raise ValueError(
                     f"{dataset_dir} holds episodes recorded with {key}={recorded[key]} ({path.name}); this run asks for "
@@ -120,8 +119,12 @@ def record_episodes(
         raise ValueError(f"num_episodes must be >= 0, got {num_episodes}.")
     dataset_dir = Path(dataset_dir)
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    request = {"task": task, "camera_names": list(camera_names), "image_size": list(image_size)}
-    written, next_seed = _resume_point(dataset_dir, seed, request)
+    requested = {
+        "task": task,
+        "camera_names": sorted(camera_names),
+        "image_size": list(image_size) if camera_names else None,  # camera-less episodes have no image size
+    }
+    written, next_seed = _resume_point(dataset_dir, seed, requested)
     already_written = written
     demonstrator = ScriptedDemonstrator(task, image_size=image_size, camera_names=camera_names)
     max_attempts = MAX_ATTEMPTS_PER_EPISODE * max(num_episodes - written, 0)

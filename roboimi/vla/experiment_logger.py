@@ -81,6 +81,23 @@ class ExperimentLogger:
         except Exception as exc:
             self._warn("video log", exc)
 
+    def log_rollout_summary(self, prefix: str, summary: dict, step: int) -> None:
+        """The evaluator's summary under `prefix/`: success, returns, inference time, trajectory images, contact
+        sheet and GIFs (training-time validation logs `rollout/`, eval_vla.py `eval/`)."""
+        self.log_scalars(
+            {
+                f"{prefix}/success_rate": summary["success_rate"],
+                f"{prefix}/avg_reward": summary["mean_return"],
+                f"{prefix}/max_reward": summary["mean_max_reward"],
+                f"{prefix}/avg_inference_ms": summary["mean_inference_ms"],
+            },
+            step,
+        )
+        self.log_images(f"{prefix}/trajectory", summary.get("trajectory_images", []), step)
+        self.log_images(f"{prefix}/contact_sheet", [summary["contact_sheet"]] if "contact_sheet" in summary else [], step)
+        for gif in [v for v in summary.get("videos", []) if str(v).endswith(".gif")]:
+            self.log_gif(f"{prefix}/video", gif, step)
+
     def finish(self) -> None:
         if self._swanlab is None:
             return

@@ -315,18 +315,7 @@ class Trainer:
             record_video=self.cfg.train.rollout_record_video,
             progress=False,
         )
-        self.logger.log_scalars(
-            {
-                "rollout/success_rate": summary["success_rate"],
-                "rollout/avg_reward": summary["mean_return"],
-                "rollout/max_reward": summary["mean_max_reward"],
-                "rollout/avg_inference_ms": summary["mean_inference_ms"],
-            },
-            self.global_step,
-        )
-        self.logger.log_images("rollout/trajectory", summary.get("trajectory_images", []), self.global_step)
-        for gif in [v for v in summary.get("videos", []) if str(v).endswith(".gif")]:
-            self.logger.log_gif("rollout/video", gif, self.global_step)
+        self.logger.log_rollout_summary("rollout", summary, self.global_step)
         if summary["success_rate"] > self.best_success_rate:
             self.best_success_rate = summary["success_rate"]
             self.save("best_rollout.pt")

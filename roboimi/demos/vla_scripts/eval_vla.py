@@ -114,20 +114,7 @@ def log_to_swanlab(summary: dict, cfg, ckpt_path: Path) -> None:
         config=OmegaConf.to_container(cfg, resolve=True),
         jsonl_name="eval_logs.json.txt",
     )
-    step = summary["global_step"]
-    logger.log_scalars(
-        {
-            "eval/success_rate": summary["success_rate"],
-            "eval/mean_return": summary["mean_return"],
-            "eval/mean_max_reward": summary["mean_max_reward"],
-            "eval/inference_ms": summary["inference_ms"],
-        },
-        step,
-    )
-    logger.log_images("eval/trajectory", summary.get("trajectory_images", [])[:5], step)
-    logger.log_images("eval/contact_sheet", [summary["contact_sheet"]] if summary.get("contact_sheet") else [], step)
-    for gif in [v for v in summary.get("videos", []) if v.endswith(".gif")]:
-        logger.log_gif("eval/video", gif, step)
+    logger.log_rollout_summary("eval", summary, summary["global_step"])
     logger.finish()
 
 

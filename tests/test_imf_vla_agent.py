@@ -39,6 +39,15 @@ def seeded_loss(agent, batch, seed=0):
     return agent.compute_loss(batch)
 
 
+def jvp_inputs(cond_dim: int):
+    """Seeded float64 (z, v, cond, r, t) for two samples; the second has r = t."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, PRED_HORIZON, ACTION_DIM, generator=g, dtype=torch.float64)
+    v = torch.randn(2, PRED_HORIZON, ACTION_DIM, generator=g, dtype=torch.float64)
+    cond = torch.randn(2, OBS_HORIZON, cond_dim, generator=g, dtype=torch.float64)
+    return z, v, cond, torch.tensor([0.2, 0.4], dtype=torch.float64), torch.tensor([0.7, 0.4], dtype=torch.float64)
+
+
 class TimeSamplerTest(unittest.TestCase):
     def test_worked_example(self):
         agent = make_imf_agent()
@@ -74,12 +83,7 @@ class JvpTest(unittest.TestCase):
             for name, p in self.agent.noise_pred_net.named_parameters():
                 if name.endswith("pseudo_query"):
                     p.normal_(0.0, 0.5)
-        g = torch.Generator().manual_seed(0)
-        self.z = torch.randn(2, PRED_HORIZON, ACTION_DIM, generator=g, dtype=torch.float64)
-        self.v = torch.randn(2, PRED_HORIZON, ACTION_DIM, generator=g, dtype=torch.float64)
-        self.cond = torch.randn(2, OBS_HORIZON, self.agent.cond_dim, generator=g, dtype=torch.float64)
-        self.r = torch.tensor([0.2, 0.4], dtype=torch.float64)
-        self.t = torch.tensor([0.7, 0.4], dtype=torch.float64)
+        self.z, self.v, self.cond, self.r, self.t = jvp_inputs(self.agent.cond_dim)
 
     def central_difference(self, dr, h=1e-5):
         head = functools.partial(self.agent.noise_pred_net, cond=self.cond)
@@ -128,12 +132,7 @@ class XPredictionTest(unittest.TestCase):
 
     def setUp(self):
         self.agent = make_imf_agent(prediction="x").double().eval()
-        g = torch.Generator().manual_seed(0)
-        self.z = torch.randn(2, PRED_HORIZON, ACTION_DIM, generator=g, dtype=torch.float64)
-        self.v = torch.randn(2, PRED_HORIZON, ACTION_DIM, generator=g, dtype=torch.float64)
-        self.cond = torch.randn(2, OBS_HORIZON, self.agent.cond_dim, generator=g, dtype=torch.float64)
-        self.r = torch.tensor([0.2, 0.4], dtype=torch.float64)
-        self.t = torch.tensor([0.7, 0.4], dtype=torch.float64)
+        self.z, self.v, self.cond, self.r, self.t = jvp_inputs(self.agent.cond_dim)
 
     def u_by_hand(self, z, r, t):
         x_hat = self.agent.noise_pred_net(z, r, t, self.cond)

@@ -1,4 +1,5 @@
-"""ResNetDiffusionBackbone: spatial-softmax keypoints, shapes, camera order, GroupNorm, freezing, weights, crops."""
+"""ResNetDiffusionBackbone: spatial-softmax keypoints, shapes, camera order, GroupNorm, freezing, weights, crops,
+the small conv trunk."""
 import os
 import tempfile
 import unittest
@@ -226,3 +227,39 @@ class CropTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SmallConvTrunkTest(unittest.TestCase):
+    def test_quarter_resolution_feature_grid_and_output(self):
+        backbone = ResNetDiffusionBackbone(vision_backbone="small_cnn", input_shape=(96, 96), camera_names=("top",))
+        self.assertEqual(backbone.rgb_encoder[0].pool.pos_grid.shape[0], 24 * 24)
+        self.assertEqual(tuple(backbone(camera_batch(size=(96, 96), cams=("top",))).shape), (2, 2, 64))
+
+    def test_keypoint_follows_a_bright_dot(self):
+        # The trunk must keep location: a keypoint map that fires on a single red pixel lands on its position.
+        encoder = ResNetDiffusionBackbone(
+            vision_backbone="small_cnn", input_shape=(32, 32), camera_names=("top",), spatial_softmax_num_keypoints=1
+        ).rgb_encoder[0]
+        with torch.no_grad():
+            for conv in (m for m in encoder.backbone if isinstance(m, nn.Conv2d)):
+                conv.weight.zero_()
+                conv.bias.zero_()
+                conv.weight[:, 0, conv.kernel_size[0] // 2, conv.kernel_size[1] // 2] = 1.0  # pass channel 0 on
+            encoder.pool.nets.weight.fill_(50.0)
+            encoder.pool.nets.bias.zero_()
+        image = torch.zeros(1, 3, 32, 32)
+        image[0, 0, 28, 4] = 1.0  # row 28 (bottom), column 4 (left)
+        keypoint = encoder.pool(encoder.backbone(image))[0, 0]  # (x, y) in [-1, 1]
+        self.assertLess(keypoint[0].item(), -0.5)
+        self.assertGreater(keypoint[1].item(), 0.5)
+
+    def test_much_cheaper_than_resnet18(self):
+        small = ResNetDiffusionBackbone(vision_backbone="small_cnn", input_shape=(96, 96), camera_names=("top",))
+        trunk_params = sum(p.numel() for p in small.rgb_encoder[0].backbone.parameters())
+        self.assertLess(trunk_params, 11_176_512 // 100)
+
+    def test_rejects_pretrained_weights_and_unknown_trunks(self):
+        with self.assertRaisesRegex(ValueError, "small_cnn has no pretrained weights"):
+            ResNetDiffusionBackbone(vision_backbone="small_cnn", pretrained_backbone_weights="w.pth", input_shape=(96, 96))
+        with self.assertRaisesRegex(ValueError, "Unknown vision_backbone='vgg11'"):
+            ResNetDiffusionBackbone(vision_backbone="vgg11", input_shape=(96, 96))

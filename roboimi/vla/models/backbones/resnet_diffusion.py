@@ -1,5 +1,6 @@
-"""Multi-camera ResNet encoder of Diffusion Policy: per camera a ResNet trunk, spatial-softmax keypoints and a
-small projection; camera features are concatenated in `camera_names` order.
+"""Multi-camera encoder of Diffusion Policy: per camera a conv trunk (a torchvision ResNet, or SmallConvTrunk on a
+CPU budget), spatial-softmax keypoints and a small projection; camera features are concatenated in `camera_names`
+order.
 
 Module names (`backbone`, `pool`, `out`, `nets`) follow lerobot's DiffusionRgbEncoder so checkpoints map 1:1.
 """
@@ -10,6 +11,8 @@ import torch
 import torchvision
 from torch import nn
 from torchvision import transforms
+
+from roboimi.vla.models.backbones.small_cnn import SmallConvTrunk
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,8 +83,27 @@ def _load_local_resnet_weights(resnet: nn.Module, path: str) -> None:
         )
 
 
+def _build_trunk(vision_backbone: str, pretrained_backbone_weights: str | None) -> nn.Module:
+    """`small_cnn` (SmallConvTrunk) or a torchvision ResNet name (e.g. resnet18) without avgpool and fc."""
+    if vision_backbone == "small_cnn":
+        if pretrained_backbone_weights is not None:
+            raise ValueError(
+                "vision_backbone=small_cnn has no pretrained weights; set "
+                "agent.vision_backbone.pretrained_backbone_weights=null or use a ResNet."
+            )
+        return SmallConvTrunk()
+    if not vision_backbone.startswith("resnet") or not hasattr(torchvision.models, vision_backbone):
+        raise ValueError(
+            f"Unknown vision_backbone={vision_backbone!r}: use small_cnn or a torchvision ResNet (resnet18, resnet34)."
+        )
+    resnet = getattr(torchvision.models, vision_backbone)(weights=None)
+    if pretrained_backbone_weights is not None:
+        _load_local_resnet_weights(resnet, pretrained_backbone_weights)
+    return nn.Sequential(*list(resnet.children())[:-2])  # drop avgpool and fc
+
+
 class _SingleRgbEncoder(nn.Module):
-    """One camera: resize -> crop -> (ImageNet norm) -> ResNet trunk -> SpatialSoftmax -> Linear + ReLU."""
+    """One camera: resize -> crop -> (ImageNet norm) -> conv trunk -> SpatialSoftmax -> Linear + ReLU."""
 
     def __init__(
         self,
@@ -116,10 +138,7 @@ class _SingleRgbEncoder(nn.Module):
         else:
             self.image_mean = self.image_std = None
 
-        resnet = getattr(torchvision.models, vision_backbone)(weights=None)
-        if pretrained_backbone_weights is not None:
-            _load_local_resnet_weights(resnet, pretrained_backbone_weights)
-        self.backbone = nn.Sequential(*list(resnet.children())[:-2])  # drop avgpool and fc
+        self.backbone = _build_trunk(vision_backbone, pretrained_backbone_weights)
         if use_group_norm:
             _replace_batchnorm_with_groupnorm(self.backbone)
         if freeze_backbone:

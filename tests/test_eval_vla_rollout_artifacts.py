@@ -1,6 +1,9 @@
 """eval_vla.py rebuilds the agent from a checkpoint alone and writes the rollout artifacts."""
 import io
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import unittest
 from contextlib import redirect_stdout
@@ -14,6 +17,15 @@ from roboimi.demos.vla_scripts import eval_vla
 from roboimi.vla.trainer import Trainer
 from tests.synthetic_episodes import write_dataset
 from tests.tiny_config import compose_tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """eval_vla.py run as a file, the way the Makefile and the benchmarks run it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    script = ROOT / "roboimi" / "demos" / "vla_scripts" / "eval_vla.py"
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 class EvalVLAArtifactsTest(unittest.TestCase):
@@ -86,8 +98,66 @@ class EvalVLAArtifactsTest(unittest.TestCase):
         self.assertEqual((eval_log[0]["step"], eval_log[0]["eval/success_rate"]), (2, 0.0))
 
     def test_unknown_key_is_rejected_with_usage(self):
-        with self.assertRaisesRegex(SystemExit, "unknown keys: \\['train.lr'\\]"):
+        allowed = r"sets only ckpt_path, device, agent.inference_steps and eval.<key> for <key> in: task, num_episodes"
+        with self.assertRaisesRegex(SystemExit, r"unknown keys: \['train.lr'\]\. .*" + allowed):
             eval_vla.main([f"ckpt_path={self.ckpt}", "train.lr=1"])
+        with self.assertRaisesRegex(SystemExit, r"unknown keys: \['eval.num_episode'\]"):  # a typo of an eval key
+            eval_vla.main([f"ckpt_path={self.ckpt}", "eval.num_episode=2"])
+
+    def test_command_line_sets_keys_over_the_stored_config_and_writes_only_the_output_dir(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_script(
+                [f"ckpt_path={self.ckpt}", "eval.num_episodes=1", "eval.max_timesteps=3", "eval.output_dir=out",
+                 "agent.inference_steps=2", "eval.trajectory_image=false", "device=cpu"],
+                Path(tmp),
+            )
+            self.assertEqual(result.returncode, 0, result.stderr)
+            summary = json.loads((Path(tmp) / "out" / "summary.json").read_text())
+            # No chdir (eval.output_dir stays relative to the caller) and no outputs/, .hydra/ or log file.
+            self.assertEqual([p.name for p in Path(tmp).iterdir()], ["out"])
+        self.assertEqual((summary["num_episodes"], [e["steps"] for e in summary["episodes"]]), (1, [3]))
+        self.assertRegex(result.stdout, r"policy\s+IMFVLAAgent, 2 sampling step\(s\)")  # stored: 1
+
+
+class EvalCommandLineTest(unittest.TestCase):
+    """The Hydra command line and config merge, without a trained checkpoint."""
+
+    def test_cfg_job_prints_the_composed_config_and_unknown_keys_fail(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_script(["--cfg", "job", "eval.num_episodes=3", "agent.inference_steps=1"], Path(tmp))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            printed = yaml.safe_load(result.stdout)
+            self.assertEqual((printed["ckpt_path"], printed["device"], printed["agent"]), ("???", "auto", {"inference_steps": 1}))
+            self.assertEqual((printed["eval"]["num_episodes"], printed["eval"]["seed"]), (3, 1000))
+
+            result = run_script(["ckpt_path=missing.pt", "train.lr=1"], Path(tmp))
+            self.assertEqual(list(Path(tmp).iterdir()), [])
+        self.assertNotEqual(result.returncode, 0)
+        # Named by eval_vla.py before Hydra composes (Hydra's own error would suggest `+train.lr=1`).
+        self.assertIn("unknown keys: ['train.lr']. eval_vla.py uses the checkpoint's stored config", result.stderr)
+        self.assertNotIn("+train.lr", result.stderr)
+
+    def test_missing_ckpt_path_names_the_key(self):
+        with self.assertRaisesRegex(SystemExit, r"needs the checkpoint to evaluate: pass ckpt_path="):
+            eval_vla.main(["eval.num_episodes=2"])
+
+    def test_stored_config_wins_except_for_the_keys_set(self):
+        stored = {
+            "data": {"task": "sim_insertion"},
+            "agent": {"inference_steps": 10, "pred_horizon": 16},
+            "eval": {"num_episodes": 7, "seed": 3, "use_ema": False},  # written before the other eval keys existed
+        }
+        argv = ["ckpt_path=x.pt", "eval.num_episodes=2", "eval.seed=1000", "agent.inference_steps=1"]
+        config = eval_vla.checkpoint_config(eval_vla.compose_config(argv), stored, eval_vla.override_keys(argv))
+        # Set keys win even when they equal the default (seed=1000); unset ones keep the stored value (use_ema).
+        self.assertEqual((config["eval"]["num_episodes"], config["eval"]["seed"], config["eval"]["use_ema"]), (2, 1000, False))
+        self.assertEqual(config["agent"], {"inference_steps": 1, "pred_horizon": 16})
+        # Keys the checkpoint lacks take the current defaults, resolved against its own data config.
+        self.assertEqual((config["eval"]["max_timesteps"], config["eval"]["task"]), (None, "sim_insertion"))
+        self.assertEqual(set(config), {"data", "agent", "eval"})
+        argv = ["ckpt_path=x.pt", "agent.inference_steps=null"]  # null: the checkpoint's, as --help says
+        config = eval_vla.checkpoint_config(eval_vla.compose_config(argv), stored, eval_vla.override_keys(argv))
+        self.assertEqual(config["agent"]["inference_steps"], 10)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch
 from roboimi.vla.agent_imf import IMFVLAAgent
 from roboimi.vla.models.backbones.resnet_diffusion import ResNetDiffusionBackbone
 from roboimi.vla.models.heads.imf_transformer1d import IMFTransformer1D
-from tests.test_vla_agent import ACTION_DIM, CAMS, OBS_DIM, OBS_HORIZON, PRED_HORIZON, STATS, HeadCalls, make_batch, make_obs
+from tests.agent_fixtures import ACTION_DIM, CAMS, OBS_DIM, OBS_HORIZON, PRED_HORIZON, STATS, HeadCalls, make_batch, make_obs
 
 torch.set_num_threads(1)
 

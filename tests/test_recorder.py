@@ -1,6 +1,9 @@
 """Expert episode recorder: ACT-layout files, consistent lengths, atomic writes and resuming."""
 
 import io
+import os
+import subprocess
+import sys
 import tempfile
 import unittest
 from contextlib import redirect_stdout
@@ -8,8 +11,18 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from hydra.core.global_hydra import GlobalHydra
 
-from roboimi.demos.record_sim_episodes import parse_config, record_episodes
+from roboimi.demos.record_sim_episodes import compose_config, main, record_episodes, recorder_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "roboimi" / "demos" / "record_sim_episodes.py"
+
+
+def run_script(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """record_sim_episodes.py run as a file, the way the Makefile and the benchmarks run it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 class RecorderTest(unittest.TestCase):
@@ -77,13 +90,47 @@ class RecorderTest(unittest.TestCase):
 
 class ConfigTest(unittest.TestCase):
     def test_overrides(self):
-        config = parse_config(["task=sim_insertion", "num_episodes=3", "image_size=[32,48]", "camera_names=[top]"])
+        config = recorder_settings(compose_config(["task=sim_insertion", "num_episodes=3", "image_size=[32,48]", "camera_names=[top]"]))
         self.assertEqual(config["task"], "sim_insertion")
         self.assertEqual(config["num_episodes"], 3)
         self.assertEqual(config["image_size"], [32, 48])
         self.assertEqual(config["camera_names"], ["top"])
         self.assertEqual((config["seed"], config["compression"], config["save_failed"]), (0, "gzip", False))
+        self.assertFalse(GlobalHydra.instance().is_initialized())  # composing leaves no Hydra state behind
 
     def test_unknown_key_lists_valid_keys(self):
-        with self.assertRaisesRegex(SystemExit, "num_episodes"):
-            parse_config(["episodes=3"])
+        with self.assertRaisesRegex(SystemExit, r"Unknown option\(s\) \['episodes'\]; valid keys: .*num_episodes"):
+            compose_config(["episodes=3"])
+
+    def test_image_size_must_be_height_and_width(self):
+        with self.assertRaisesRegex(SystemExit, r"image_size must be \[height,width\], got \[32, 48, 3\]"):
+            recorder_settings(compose_config(["image_size=[32,48,3]"]))
+
+    def test_main_records_from_overrides(self):
+        with tempfile.TemporaryDirectory() as tmp, redirect_stdout(io.StringIO()) as printed:
+            summary = main(["task=sim_transfer", "num_episodes=1", f"dataset_dir={tmp}/state", "camera_names=[]", "seed=4"])
+            self.assertEqual((summary["episodes_written"], summary["next_seed"]), (1, 5))
+            with h5py.File(Path(tmp) / "state" / "episode_0.hdf5", "r") as f:
+                self.assertEqual((f.attrs["seed"], list(f["observations/images"])), (4, []))
+        self.assertIn("1 episodes written to", printed.getvalue())
+
+
+class CommandLineTest(unittest.TestCase):
+    """The Hydra command line: the existing `key=value` lines record, unknown keys are named before Hydra composes."""
+
+    def test_records_into_a_relative_dir_and_writes_nothing_else(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_script(["task=sim_transfer", "num_episodes=1", "dataset_dir=demos", "camera_names=[]", "seed=0", "image_size=[96,96]"], Path(tmp))
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn("1 episodes written to demos", result.stdout)
+            # No chdir (dataset_dir stays relative to the caller) and no outputs/, .hydra/ or log file.
+            self.assertEqual(sorted(str(p.relative_to(tmp)) for p in Path(tmp).rglob("*")), ["demos", "demos/episode_0.hdf5"])
+
+    def test_unknown_key_fails_naming_the_valid_keys(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_script(["task=sim_insertion", "episodes=3"], Path(tmp))
+            self.assertEqual(list(Path(tmp).iterdir()), [])
+        self.assertNotEqual(result.returncode, 0)
+        # Named by the recorder, not Hydra's struct error (which would suggest `+episodes=3`).
+        self.assertIn("Unknown option(s) ['episodes']; valid keys: task, num_episodes,", result.stderr)
+        self.assertNotIn("+episodes", result.stderr)

@@ -6,6 +6,7 @@ import tempfile
 import unittest
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import torch
 from PIL import Image
@@ -148,6 +149,7 @@ class EvaluatorTest(unittest.TestCase):
                 self.assertGreater(pixels_near(legend_corner, rgba), 5, f"no {label} swatch in the legend")
             gif = Image.open(out / "episode_0.gif")
             self.assertEqual((gif.n_frames, gif.size), (13, (160, 128)))  # the reset frame plus one per step
+            self.assertEqual((gif.info["duration"], gif.info["loop"]), (20, 0))  # real time (50 Hz), looping
             self.assertGreater(red_pixels(np.asarray(gif.convert("RGB"))), 10)  # the cube is in view
             # video_episodes=1: a video of episode 0 only, but the contact sheet has a strip of every episode.
             self.assertEqual(summary["videos"], [str(out / "episode_0.gif"), str(out / "episode_0.mp4")])
@@ -155,7 +157,9 @@ class EvaluatorTest(unittest.TestCase):
             self.assertEqual(sheet.shape[0], 2 * (SHEET_THUMBNAIL_HW[0] + 4))
             second_strip = sheet[SHEET_THUMBNAIL_HW[0] + 4 :, SHEET_LABEL_WIDTH:]
             self.assertGreater(red_pixels(second_strip), 5)  # episode 1's frames show the cube
-            self.assertGreater((out / "episode_0.mp4").stat().st_size, 0)
+            video = iio.imread(out / "episode_0.mp4", plugin="FFMPEG")
+            self.assertEqual(video.shape, (13, 128, 160, 3))
+            self.assertGreater(red_pixels(video[-1]), 10)
 
     def test_bad_actions_abort_only_their_episode(self):
         policy = FaultyPolicy()
@@ -222,9 +226,9 @@ class ParallelRolloutTest(unittest.TestCase):
 class KickedTransferEnv(DualArmSimEnv):
     """sim_transfer whose physics blows up at the third step of the episode with seed 0 (joint speeds of 1e30)."""
 
-    def reset(self, seed):
+    def reset(self, *, seed=None, options=None):
         self.steps, self.kick = 0, seed == 0
-        return super().reset(seed)
+        return super().reset(seed=seed, options=options)
 
     def step(self, action):
         self.steps += 1

@@ -1,15 +1,20 @@
-"""Built-in dual-arm env: registry, seeding, observations, rendering options and error messages."""
+"""Built-in dual-arm env: registry, seeding, observations, the gymnasium API, rendering options and error messages."""
 
+import functools
 import os
 import subprocess
 import sys
 import unittest
+import warnings
 
+import gymnasium
 import numpy as np
-
 from gym_aloha.utils import sample_box_pose
+from gymnasium.utils.env_checker import check_env
 
 from roboimi.envs import InvalidActionError, list_tasks, make_env, register_task
+from roboimi.envs.registry import GYMNASIUM_IDS
+from roboimi.envs.scripted_policy import ScriptedDemonstrator
 from tests.image_checks import pixels_near, red_pixels
 
 START_GRIPPER_LINK_XYZ = {  # gripper link positions at START_ARM_POSE, as listed in gym-aloha's mocap setup
@@ -51,7 +56,8 @@ class TransferEnvTest(unittest.TestCase):
         cls.env.close()
 
     def test_observation_layout(self):
-        obs = self.env.reset(0)
+        obs, info = self.env.reset(seed=0)
+        self.assertEqual(info, {"seed": 0})
         self.assertEqual(obs["qpos"].shape, (14,))
         self.assertEqual(obs["qvel"].shape, (14,))
         self.assertEqual(obs["env_state"].shape, (7,))
@@ -59,35 +65,36 @@ class TransferEnvTest(unittest.TestCase):
         for image in obs["images"].values():
             self.assertEqual(image.shape, (24, 40, 3))
             self.assertEqual(image.dtype, np.uint8)
-        self.assertEqual((self.env.max_reward, self.env.episode_len, self.env.action_dim), (4, 400, 14))
+        self.assertEqual((self.env.max_reward, self.env.episode_len, self.env.action_space.shape), (4, 400, (14,)))
+        self.assertIn(obs, self.env.observation_space)
 
     def test_reset_is_deterministic_per_seed(self):
-        first = self.env.reset(7)
-        second = self.env.reset(7)
-        other = self.env.reset(8)
+        first, _ = self.env.reset(seed=7)
+        second, _ = self.env.reset(seed=7)
+        other, _ = self.env.reset(seed=8)
         np.testing.assert_array_equal(first["env_state"], second["env_state"])
         np.testing.assert_array_equal(first["images"]["top"], second["images"]["top"])
         self.assertFalse(np.allclose(first["env_state"][:3], other["env_state"][:3]))
         self.assertFalse(np.array_equal(first["images"]["top"], other["images"]["top"]))
 
     def test_start_pose_and_gripper_positions(self):
-        obs = self.env.reset(0)
+        obs, _ = self.env.reset(seed=0)
         # Normalized finger position of START_ARM_POSE: (0.02239 - 0.01844) / (0.058 - 0.01844).
         self.assertAlmostEqual(obs["qpos"][6], 0.09985, places=4)
         expected = [START_GRIPPER_LINK_XYZ["left"], START_GRIPPER_LINK_XYZ["right"]]
         np.testing.assert_allclose(self.env.end_effector_positions(), expected, atol=1e-6)
 
     def test_holding_position_keeps_arms_still_and_earns_nothing(self):
-        obs = self.env.reset(3)
+        obs, _ = self.env.reset(seed=3)
         start = obs["qpos"].copy()
         for _ in range(25):
-            obs, reward, success = self.env.step(start)
+            obs, reward, terminated, truncated, info = self.env.step(start)
             self.assertEqual(reward, 0)
-            self.assertFalse(success)
+            self.assertEqual((terminated, truncated, info), (False, False, {"is_success": False}))
         np.testing.assert_allclose(obs["qpos"][:6], start[:6], atol=0.02)
 
     def test_bad_actions_are_rejected(self):
-        self.env.reset(0)
+        self.env.reset(seed=0)
         with self.assertRaisesRegex(InvalidActionError, r"shape \(13,\), expected \(14,\)"):
             self.env.step(np.zeros(13))
         with self.assertRaisesRegex(InvalidActionError, "non-finite"):
@@ -99,15 +106,15 @@ class TransferEnvTest(unittest.TestCase):
         for name in ("wrist_cam", "r_vis", "front", "angle", "front_close", "left_wrist"):
             self.assertIn(name, str(ctx.exception))
         with self.assertRaises(ValueError):
-            self.env.render("nowhere")
+            self.env.render_image("nowhere")
 
     def test_aliases_render_the_model_cameras(self):
-        self.env.reset(0)
-        np.testing.assert_array_equal(self.env.render("front"), self.env.render("angle"))
-        np.testing.assert_array_equal(self.env.render("r_vis"), self.env.render("right_wrist"))
+        self.env.reset(seed=0)
+        np.testing.assert_array_equal(self.env.render_image("front"), self.env.render_image("angle"))
+        np.testing.assert_array_equal(self.env.render_image("r_vis"), self.env.render_image("right_wrist"))
 
     def test_each_arm_path_is_drawn_in_its_own_colour_with_start_and_end_markers(self):
-        self.env.reset(0)
+        self.env.reset(seed=0)
         size = (240, 320)
         plain = self.env.render_trajectory_image([], "top", size=size)
         left = np.linspace([-0.25, 0.3, 0.1], [-0.05, 0.8, 0.1], 30)
@@ -120,20 +127,22 @@ class TransferEnvTest(unittest.TestCase):
         only_left = self.env.render_trajectory_image([left], "top", size=size)
         right_rgba = dict(self.env.trajectory_legend)["right gripper"]
         self.assertLess(pixels_near(only_left, right_rgba), pixels_near(drawn, right_rgba))
-        np.testing.assert_array_equal(self.env.render("top", size=size), plain)  # the markers do not persist
+        np.testing.assert_array_equal(self.env.render_image("top", size=size), plain)  # the markers do not persist
 
     def test_media_size_is_independent_of_the_policy_image_size(self):
-        self.env.reset(0)
-        self.assertEqual(self.env.render("front").shape[:2], tuple(self.env.image_size))
-        frame = self.env.render("front", size=(480, 640))
+        self.env.reset(seed=0)
+        self.assertEqual(self.env.render_image("front").shape[:2], tuple(self.env.image_size))
+        frame = self.env.render_image("front", size=(480, 640))
         self.assertEqual(frame.shape, (480, 640, 3))
         self.assertGreater(red_pixels(frame), 100)  # the red cube is in view of the media camera
+        # gymnasium's render(): the front camera at the media size by default.
+        np.testing.assert_array_equal(self.env.render(), frame)
 
 
 class ObjectPoseTest(unittest.TestCase):
     def test_cube_pose_within_bounds(self):
         env = make_env("sim_transfer", camera_names=())
-        poses = np.stack([env.reset(seed)["env_state"] for seed in range(30)])
+        poses = np.stack([env.reset(seed=seed)[0]["env_state"] for seed in range(30)])
         self.assertTrue(np.all((poses[:, 0] >= 0.0) & (poses[:, 0] <= 0.2)))
         self.assertTrue(np.all((poses[:, 1] >= 0.4) & (poses[:, 1] <= 0.6)))
         np.testing.assert_allclose(poses[:, 2], 0.05)
@@ -143,7 +152,7 @@ class ObjectPoseTest(unittest.TestCase):
 
     def test_peg_and_socket_poses_within_bounds(self):
         env = make_env("sim_insertion", camera_names=())
-        poses = np.stack([env.reset(seed)["env_state"] for seed in range(30)])
+        poses = np.stack([env.reset(seed=seed)[0]["env_state"] for seed in range(30)])
         self.assertEqual(poses.shape, (30, 14))
         peg, socket = poses[:, :7], poses[:, 7:]
         self.assertTrue(np.all((peg[:, 0] >= 0.1) & (peg[:, 0] <= 0.2)))
@@ -157,8 +166,80 @@ class ObjectPoseTest(unittest.TestCase):
         from gym_aloha.tasks import sim as gym_aloha_sim  # after roboimi.envs, which sets up the GL backend
 
         env = make_env("sim_transfer", camera_names=())
-        np.testing.assert_array_equal(env.reset(11)["env_state"], sample_box_pose(11))
+        np.testing.assert_array_equal(env.reset(seed=11)[0]["env_state"], sample_box_pose(11))
         self.assertIsNone(gym_aloha_sim.BOX_POSE[0])  # the module global stays untouched
+        env.close()
+
+
+class GymnasiumApiTest(unittest.TestCase):
+    def test_registered_env_passes_gymnasiums_checker(self):
+        env = gymnasium.make(
+            GYMNASIUM_IDS["sim_transfer"], image_size=(16, 16), camera_names=("top",), render_size=(24, 32)
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check_env(env.unwrapped)
+        # The checker only advises here: the state boxes are unbounded (MuJoCo's joint limits are soft) and the
+        # action box is in radians. Anything else it reports (non-determinism, reused arrays, ...) fails the test.
+        advice = ("infinity", "symmetric and normalized")
+        reports = [str(w.message) for w in caught if "WARN:" in str(w.message)]
+        self.assertEqual([m for m in reports if not any(a in m for a in advice)], [])
+        env.reset(seed=0)
+        self.assertEqual(env.render().shape, (24, 32, 3))
+        env.close()
+
+    def test_action_space_holds_the_joint_limits_and_normalized_grippers(self):
+        env = make_env("sim_insertion", camera_names=())
+        space = env.action_space
+        env.close()
+        np.testing.assert_allclose(space.low[[0, 1, 7, 8]], [-3.14158, -1.85005, -3.14158, -1.85005])
+        np.testing.assert_allclose(space.high[[2, 4, 9, 11]], [1.6057, 2.23402, 1.6057, 2.23402])
+        np.testing.assert_array_equal(space.low[[6, 13]], [0, 0])
+        np.testing.assert_array_equal(space.high[[6, 13]], [1, 1])
+
+    def test_seedless_reset_follows_the_last_seed_and_reports_its_own(self):
+        env = make_env("sim_transfer", camera_names=())
+        env.reset(seed=5)
+        first, info = env.reset()
+        env.reset(seed=5)
+        again, info_again = env.reset()
+        np.testing.assert_array_equal(first["env_state"], again["env_state"])
+        self.assertEqual(info, info_again)
+        self.assertFalse(np.allclose(first["env_state"][:3], sample_box_pose(5)[:3]))  # a new pose, not seed 5's
+        np.testing.assert_array_equal(env.reset(seed=info["seed"])[0]["env_state"], first["env_state"])
+        with self.assertRaisesRegex(ValueError, "no options"):
+            env.reset(options={"object_pose": sample_box_pose(0)})
+        env.close()
+
+    def test_sync_vector_env_steps_two_seeded_envs(self):
+        make = functools.partial(make_env, "sim_transfer", image_size=(16, 16), camera_names=("top",))
+        envs = gymnasium.vector.SyncVectorEnv([make, make])
+        obs, _ = envs.reset(seed=3)  # seeds 3 and 4
+        np.testing.assert_array_equal(obs["env_state"], [sample_box_pose(3), sample_box_pose(4)])
+        self.assertFalse(np.array_equal(obs["images"]["top"][0], obs["images"]["top"][1]))
+        obs, reward, terminated, truncated, _ = envs.step(obs["qpos"])
+        self.assertEqual((obs["qpos"].shape, obs["qvel"].shape, obs["env_state"].shape), ((2, 14), (2, 14), (2, 7)))
+        self.assertEqual((obs["images"]["top"].shape, obs["images"]["top"].dtype), ((2, 16, 16, 3), np.uint8))
+        np.testing.assert_array_equal(reward, [0, 0])
+        self.assertFalse(terminated.any() or truncated.any())
+        envs.close()
+
+    def test_success_terminates_and_the_episode_length_truncates(self):
+        expert = ScriptedDemonstrator("sim_transfer", camera_names=())
+        trajectory, _ = expert.joint_trajectory(0)
+        expert.close()
+        env = make_env("sim_transfer", camera_names=())
+        env.reset(seed=0)
+        steps = [env.step(action)[1:] for action in trajectory[: env.episode_len]]
+        rewards, terminated, truncated, infos = zip(*steps)
+        reached = np.maximum.accumulate(rewards) >= env.max_reward
+        self.assertTrue(reached[-1] and not reached[0])
+        # Success ends the episode (terminated stays True) but the env keeps stepping to the episode length.
+        np.testing.assert_array_equal(terminated, reached)
+        np.testing.assert_array_equal([info["is_success"] for info in infos], reached)
+        np.testing.assert_array_equal(truncated, np.arange(1, env.episode_len + 1) >= env.episode_len)
+        _, _, terminated_after, truncated_after, _ = env.step(trajectory[-1])
+        self.assertTrue(terminated_after and truncated_after)
         env.close()
 
 
@@ -166,7 +247,7 @@ class RenderingOptionsTest(unittest.TestCase):
     def test_shadows_off_by_default_and_switchable(self):
         plain = make_env("sim_transfer", image_size=(32, 32), camera_names=("top",))
         shaded = make_env("sim_transfer", image_size=(32, 32), camera_names=("top",), shadows=True)
-        plain_image, shaded_image = plain.reset(0)["images"]["top"], shaded.reset(0)["images"]["top"]
+        plain_image, shaded_image = (env.reset(seed=0)[0]["images"]["top"] for env in (plain, shaded))
         # Shadows only darken pixels (the arms' shadows on the table).
         self.assertGreater(np.sum(plain_image.astype(int) - shaded_image.astype(int) > 10), 5)
         plain.close()

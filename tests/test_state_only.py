@@ -33,11 +33,12 @@ TINY_HEADS = {
 }
 
 
-def make_state_agent(agent: str):
+def make_state_agent(agent: str, *extra: str):
     """A tiny zero-camera agent from the real configs (data=sim_transfer_state), state 5 dims, action 2 dims."""
     overrides = [
         f"agent={agent}",
         "data=sim_transfer_state",
+        *extra,
         *TINY_HEADS[agent],
         f"agent.obs_dim={STATE_DIM}",
         f"agent.action_dim={ACTION_DIM}",
@@ -123,7 +124,7 @@ class ZeroCameraAgentTest(unittest.TestCase):
     def test_select_action_replans_from_the_state_alone(self):
         for name in TINY_HEADS:
             with self.subTest(agent=name):
-                model = make_state_agent(name).eval()
+                model = make_state_agent(name, "data.state_keys=[qpos]").eval()
                 torch.manual_seed(1)
                 action = model.select_action({"qpos": np.ones(STATE_DIM), "images": {}})
                 # The same draw from a history of the first frame repeated: the chunk's current step (index 1).
@@ -133,10 +134,11 @@ class ZeroCameraAgentTest(unittest.TestCase):
                 self.assertEqual(len(model._queues["action"]), 3)  # one chunk of 4, one action taken
 
 
-class AgentPolicyTest(unittest.TestCase):
-    def test_agent_sees_the_state_keys_concatenated_as_qpos(self):
-        model = make_state_agent("state_transformer").eval()
-        policy = AgentPolicy(model, ["env_state", "qpos"])
+class AgentStateAssemblyTest(unittest.TestCase):
+    def test_agent_concatenates_its_state_keys_in_order(self):
+        model = make_state_agent("state_transformer", "data.state_keys=[env_state,qpos]").eval()
+        self.assertEqual(model.observation_spec.state_keys, ("env_state", "qpos"))
+        policy = AgentPolicy(model)
         obs = {"qpos": np.array([0.1, 0.2]), "qvel": np.zeros(2), "env_state": np.array([1.0, 1.5, 2.0]), "images": {}}
         action = policy.select_action(obs)
         self.assertEqual(tuple(action.shape), (ACTION_DIM,))
@@ -146,7 +148,7 @@ class AgentPolicyTest(unittest.TestCase):
         self.assertEqual(len(model._queues["qpos"]), 0)
 
     def test_missing_state_key_is_named(self):
-        policy = AgentPolicy(make_state_agent("state_transformer"), ["qpos", "env_state"])
+        policy = AgentPolicy(make_state_agent("state_transformer"))  # data=sim_transfer_state: [qpos, env_state]
         with self.assertRaisesRegex(KeyError, r"\['env_state'\]"):
             policy.select_action({"qpos": np.zeros(5), "images": {}})
 

@@ -3,6 +3,10 @@
     python roboimi/demos/record_sim_episodes.py task=sim_transfer num_episodes=50 \
         dataset_dir=data/sim_transfer image_size=[96,96] seed=0
 
+A Hydra program like train_vla.py: the settings live in roboimi/vla/conf/record/default.yaml, selected by the root
+config roboimi/vla/conf/record_sim_episodes.yaml, and sit at the top level, so `key=value` sets them; `--help` lists
+them, `--cfg job` prints what a command line composes. Nothing but the episodes is written (no outputs/ dir).
+
 Episode i is attempted with seed `seed + i`; a failed attempt moves on to the next seed, so the episodes
 written carry consecutive successful seeds (stored in each file's attrs). Re-running the same command
 continues after the last complete episode.
@@ -14,7 +18,12 @@ from pathlib import Path
 from typing import Sequence
 
 import h5py
-from omegaconf import OmegaConf
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
@@ -23,18 +32,11 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 from roboimi.envs.scripted_policy import Demonstration, ScriptedDemonstrator  # noqa: E402  (sets MUJOCO_GL)
 from gym_aloha.constants import FPS  # noqa: E402
 from roboimi.atomic_file import remove_stale_temp_files  # noqa: E402
+from roboimi.vla import CONFIG_DIR  # noqa: E402
 from roboimi.vla.data.episode_files import COMPRESSIONS, EPISODE_PATTERN, write_episode_file  # noqa: E402
 
-DEFAULTS = {
-    "task": "sim_transfer",
-    "num_episodes": 50,
-    "dataset_dir": "data/sim_transfer",
-    "image_size": [96, 96],
-    "seed": 0,
-    "camera_names": ["r_vis", "top", "front"],
-    "compression": "gzip",
-    "save_failed": False,
-}
+CONFIG_NAME = "record_sim_episodes"
+SETTINGS_FILE = CONFIG_DIR / "record" / "default.yaml"
 MAX_ATTEMPTS_PER_EPISODE = 3  # attempts allowed per requested episode before giving up
 
 
@@ -163,21 +165,45 @@ def record_episodes(
     }
 
 
-def parse_config(argv: Sequence[str]) -> dict:
-    """Merge `key=value` overrides (OmegaConf dotlist syntax) onto DEFAULTS; unknown keys are an error."""
-    overrides = OmegaConf.from_dotlist(list(argv))
-    unknown = sorted(set(overrides) - set(DEFAULTS))
+def check_overrides(overrides: Sequence[str]) -> None:
+    """SystemExit naming the valid keys when an override sets anything but a setting or the `record` preset.
+
+    Runs before Hydra composes, whose own error for an unknown key names no valid key and suggests `+key=`.
+    """
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as error:
+        raise SystemExit(f"{error}\nusage: record_sim_episodes.py key=value ... (see --help)") from None
+    valid = list(OmegaConf.load(SETTINGS_FILE))
+    keys = [o.key_or_group for o in parsed if not o.key_or_group.startswith(("hydra.", "hydra/"))]
+    unknown = [key for key in keys if key.split(".")[0] not in [*valid, "record"]]
     if unknown:
-        raise SystemExit(f"Unknown option(s) {unknown}; valid keys: {', '.join(DEFAULTS)} (usage: key=value).")
-    config = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(DEFAULTS), overrides))
-    if len(config["image_size"]) != 2:
-        raise SystemExit(f"image_size must be [height,width], got {config['image_size']}.")
-    return config
+        raise SystemExit(
+            f"Unknown option(s) {unknown}; valid keys: {', '.join(valid)} (usage: key=value; "
+            f"`record_sim_episodes.py --help` shows their defaults)."
+        )
 
 
-def main(argv: Sequence[str]):
-    config = parse_config(argv)
-    summary = record_episodes(**config)
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config the command line `record_sim_episodes.py *overrides` composes; Hydra's global state is left as found."""
+    check_overrides(overrides)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(CONFIG_NAME, overrides=list(overrides))
+
+
+def recorder_settings(cfg: DictConfig) -> dict:
+    """record_episodes keyword arguments from a composed config (SystemExit on a malformed image_size)."""
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    if len(settings["image_size"]) != 2:
+        raise SystemExit(f"image_size must be [height,width], got {settings['image_size']}.")
+    return settings
+
+
+def main(cfg: DictConfig | Sequence[str]) -> dict:
+    """Record as the command line would: `cfg` is a composed config or the list of `key=value` overrides."""
+    if not isinstance(cfg, DictConfig):
+        cfg = compose_config(cfg)
+    summary = record_episodes(**recorder_settings(cfg))
     status = "" if summary["complete"] else f" (stopped after {summary['attempts']} attempts: too many failures)"
     print(
         f"{summary['episodes_written']} episodes written to {summary['dataset_dir']} "
@@ -185,11 +211,19 @@ def main(argv: Sequence[str]):
         f"expert success rate: {summary['expert_success_rate']:.1%}, {summary['wall_s']:.0f} s, "
         f"{summary['dataset_bytes'] / 2**20:.1f} MiB"
     )
+    return summary
+
+
+@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name=CONFIG_NAME)
+def hydra_main(cfg: DictConfig) -> None:
+    main(cfg)
 
 
 def cli() -> None:
-    """Console-script entry point."""
-    main(sys.argv[1:])
+    """Console-script entry point (roboimi-record): Hydra's command line, with unknown keys named first."""
+    # The parser hydra.main itself uses, so flag values (`--cfg job`) are not taken for overrides.
+    check_overrides(get_args_parser().parse_args().overrides)
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -18,12 +18,11 @@ except ImportError:
 
 from roboimi.envs.registry import list_tasks, make_env, register_task  # noqa: E402
 from roboimi.envs.rollout import evaluate_policy  # noqa: E402
-from roboimi.envs.sim_env import DualArmSimEnv, InvalidActionError, StepResult  # noqa: E402
+from roboimi.envs.sim_env import DualArmSimEnv, InvalidActionError  # noqa: E402
 
 __all__ = [
     "DualArmSimEnv",
     "InvalidActionError",
-    "StepResult",
     "evaluate_policy",
     "list_tasks",
     "make_env",

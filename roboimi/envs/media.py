@@ -2,14 +2,20 @@
 
 Frames are (H, W, 3) uint8 arrays rendered at the evaluator's media size, independent of the policy's cameras.
 """
-import io
 from collections.abc import Sequence
+from pathlib import Path
 
-import imageio.v2 as imageio
+import imageio.v3 as iio
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-GIF_FRAME_MS = 20  # one frame per 50 Hz control step: GIF and MP4 play in real time
+FRAME_MS = 20  # one frame per 50 Hz control step: GIF and MP4 play in real time
+# imageio plugin and its options per video suffix. Pillow takes the GIF frame duration in ms and loop=0 (forever);
+# imageio-ffmpeg takes frames per second.
+VIDEO_WRITERS = {
+    ".gif": dict(plugin="pillow", duration=FRAME_MS, loop=0),
+    ".mp4": dict(plugin="FFMPEG", fps=round(1000 / FRAME_MS)),
+}
 TEXT_RGB = (255, 255, 255)
 TEXT_BOX_RGBA = (0, 0, 0, 160)
 SHEET_THUMBNAIL_HW = (120, 160)
@@ -51,16 +57,12 @@ def legend(frame: np.ndarray, entries: Sequence[tuple[str, Sequence[float]]]) ->
     return np.asarray(Image.alpha_composite(image, overlay).convert("RGB"))
 
 
-def gif_bytes(frames: Sequence[np.ndarray]) -> bytes:
-    """Animated GIF of (H, W, 3) uint8 frames, looping."""
-    images = [Image.fromarray(frame) for frame in frames]
-    buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=GIF_FRAME_MS, loop=0)
-    return buffer.getvalue()
-
-
-def write_mp4(path, frames: Sequence[np.ndarray]) -> None:
-    imageio.mimwrite(path, frames, fps=round(1000 / GIF_FRAME_MS))
+def write_video(path, frames: Sequence[np.ndarray]) -> None:
+    """Write (H, W, 3) uint8 frames to `path` as a looping GIF or an MP4, by its suffix (see VIDEO_WRITERS)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in VIDEO_WRITERS:
+        raise ValueError(f"Unsupported video file {str(path)!r}; use one of: {', '.join(VIDEO_WRITERS)}.")
+    iio.imwrite(path, np.stack(frames), is_batch=True, **VIDEO_WRITERS[suffix])
 
 
 def thumbnails(frames: Sequence[np.ndarray], count: int) -> list[np.ndarray]:

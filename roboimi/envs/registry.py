@@ -1,11 +1,14 @@
 """Task registry: task name -> env factory.
 
-A factory is called as `factory(image_size=(H, W), camera_names=(...), shadows=bool)` and returns an env
-that follows the interface in docs/custom_envs.md (`DualArmSimEnv` is the built-in example).
+A factory is called as `factory(image_size=(H, W), camera_names=(...), shadows=bool)` and returns a
+`gymnasium.Env` that follows the interface in docs/custom_envs.md (`DualArmSimEnv` is the built-in example).
+The built-in tasks are also registered with gymnasium (GYMNASIUM_IDS), for `gymnasium.make` and `make_vec`.
 """
 
 import functools
 from typing import Callable, Sequence
+
+import gymnasium
 
 from roboimi.envs.aloha_tasks import ALOHA_TASKS
 from roboimi.envs.sim_env import DualArmSimEnv
@@ -42,5 +45,9 @@ def make_env(
     return _FACTORIES[task](image_size=tuple(image_size), camera_names=tuple(camera_names), shadows=shadows)
 
 
+GYMNASIUM_IDS = {"sim_transfer": "roboimi/SimTransfer-v0", "sim_insertion": "roboimi/SimInsertion-v0"}
+
 for _name, _spec in ALOHA_TASKS.items():
     register_task(_name, functools.partial(DualArmSimEnv, _spec))
+    # No max_episode_steps: the env truncates at its episode_len itself, also when built by make_env.
+    gymnasium.register(GYMNASIUM_IDS[_name], entry_point="roboimi.envs.sim_env:DualArmSimEnv", kwargs={"spec": _spec})

@@ -47,10 +47,11 @@ def _run_episode(env, policy, seed: int, max_timesteps: int, frame_camera, frame
 
     def capture(t: int) -> None:
         if frame_camera and (frame_steps is None or t in frame_steps):
-            frames.append(env.render(frame_camera, size=frame_size))
+            frames.append(env.render_image(frame_camera, size=frame_size))
 
     policy.reset()
-    obs = env.reset(seed)
+    obs, _ = env.reset(seed=seed)
+    action_dim = env.action_space.shape[0]
     has_ee = hasattr(env, "end_effector_positions")
     ee_path = [env.end_effector_positions()] if has_ee else []
     capture(0)
@@ -65,13 +66,15 @@ def _run_episode(env, policy, seed: int, max_timesteps: int, frame_camera, frame
         policy_ms = (time.perf_counter() - policy_start) * 1e3
         preprocess_ms = float(getattr(policy, "last_preprocess_ms", 0.0) or 0.0)
         try:
-            action = check_action(_to_numpy(action), env.action_dim)
+            action = check_action(_to_numpy(action), action_dim)
         except InvalidActionError as error:
             aborted = str(error)
             break
         step_start = time.perf_counter()
         try:
-            obs, reward, _ = env.step(action)
+            # terminated/truncated do not end the loop: every episode runs max_timesteps steps (unless aborted), so
+            # its return and max reward cover the same horizon whatever the env reports.
+            obs, reward, _, _, _ = env.step(action)
         except SimulationDivergedError as error:
             aborted = str(error)
             break
@@ -98,7 +101,7 @@ def _run_episode(env, policy, seed: int, max_timesteps: int, frame_camera, frame
         "aborted": aborted,
         "timings": timings,
         "ee_path": np.asarray(ee_path),  # (steps + 1, 2, 3): left, right gripper link positions
-        "actions": np.asarray(actions).reshape(len(actions), env.action_dim),  # (steps, action_dim)
+        "actions": np.asarray(actions).reshape(len(actions), action_dim),  # (steps, action_dim)
         "rewards": rewards,
         "frames": frames,
     }
@@ -177,8 +180,8 @@ class _EpisodeRunner:
                 for t, frame in enumerate(record["frames"])
             ]
             gif_path, mp4_path = out / f"episode_{i}.gif", out / f"episode_{i}.mp4"
-            gif_path.write_bytes(media.gif_bytes(frames))
-            media.write_mp4(mp4_path, frames)
+            media.write_video(gif_path, frames)
+            media.write_video(mp4_path, frames)
             artifacts["videos"].extend([str(gif_path), str(mp4_path)])
         if record["frames"]:
             outcome = self._outcome(record).replace(", return", "\nreturn")

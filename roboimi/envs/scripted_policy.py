@@ -203,11 +203,11 @@ class ScriptedDemonstrator:
         """Replay the expert's joint trajectory in the joint env (same object pose) while recording."""
         trajectory, expert_max_reward = self.joint_trajectory(seed)
         actions = trajectory[: self.env.episode_len]
-        obs = self.env.reset(seed)
+        obs, _ = self.env.reset(seed=seed)
         observations, rewards = [], []
         for action in actions:
             observations.append(obs)
-            obs, reward, _ = self.env.step(action)
+            obs, reward, *_ = self.env.step(action)
             rewards.append(reward)
         max_reward = max(rewards)
         return Demonstration(

@@ -1,18 +1,27 @@
 """RoboIMI's dual-arm simulation env: a joint-controlled gym-aloha task plus its own camera rendering."""
 
+import operator
 import time
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
+import gymnasium
 import mujoco
 import numpy as np
 from dm_control.rl import control
+from gym_aloha.constants import DT
+from gymnasium import spaces
 
-from roboimi.envs.aloha_tasks import AlohaTaskSpec, build_control_env
+from roboimi.envs.aloha_tasks import NUM_ROBOT_QPOS, AlohaTaskSpec, build_control_env
 
 # RoboIMI camera names that differ from the model's own; model names work as well.
 CAMERA_ALIASES = {"r_vis": "right_wrist", "top": "top", "front": "angle"}
 END_EFFECTOR_BODIES = ("vx300s_left/gripper_link", "vx300s_right/gripper_link")
 ACTION_DIM = 14  # per arm: 6 joint positions (rad) + normalized gripper (0 closed, 1 open)
+STATE_DIM = 14  # qpos and qvel: per arm 6 joints + the normalized gripper
+# gym-aloha's joint task sends action[0:6] to actuators 0-5 and action[7:13] to actuators 8-13; actions 6 and 13
+# are normalized gripper commands it maps onto the finger actuators (6-7, 14-15).
+ARM_ACTUATORS = np.r_[0:6, 8:14]
+ARM_ACTIONS = np.r_[0:6, 7:13]
 
 # Per arm (left, right): blue and orange, apart from the red cube and the grey table and arms.
 TRAJECTORY_RGBA = (np.array([0.12, 0.47, 0.95, 1.0], np.float32), np.array([1.0, 0.55, 0.0, 1.0], np.float32))
@@ -31,12 +40,6 @@ class InvalidActionError(ValueError):
 
 class SimulationDivergedError(RuntimeError):
     """The physics became invalid (NaN, Inf or huge accelerations); the episode cannot continue."""
-
-
-class StepResult(NamedTuple):
-    obs: dict
-    reward: float
-    is_success: bool  # the episode has reached the task's max reward at some step so far
 
 
 def check_action(action, action_dim: int) -> np.ndarray:
@@ -66,14 +69,36 @@ def _open_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Ren
         ) from error
 
 
-class DualArmSimEnv:
-    """A built-in bimanual ALOHA task with a 14-dim joint-position action at 50 Hz.
+def _image_size(name: str, size: Sequence[int]) -> tuple[int, int]:
+    hw = tuple(int(s) for s in size)
+    if len(hw) != 2 or min(hw) < 1:
+        raise ValueError(f"{name} must be [height, width] with positive entries, got {list(size)}.")
+    return hw
+
+
+def _action_space(model: mujoco.MjModel) -> spaces.Box:
+    """The 14 joint targets: each arm joint within its actuator's control range (rad), each gripper in [0, 1].
+
+    The gripper range is the normalized command the scripted expert and the recorded data use. The env does not
+    reject or clip actions outside the box: MuJoCo clamps every control to its actuator's range.
+    """
+    low, high = np.zeros(ACTION_DIM), np.ones(ACTION_DIM)
+    low[ARM_ACTIONS], high[ARM_ACTIONS] = model.actuator_ctrlrange[ARM_ACTUATORS].T
+    return spaces.Box(low, high, dtype=np.float64)
+
+
+class DualArmSimEnv(gymnasium.Env):
+    """A built-in bimanual ALOHA task with a 14-dim joint-position action at 50 Hz, as a `gymnasium.Env`.
 
     Observation: {"qpos": (14,), "qvel": (14,), "env_state": (E,), "images": {cam: (H, W, 3) uint8}}.
-    Only the requested cameras are rendered, all with one reused `mujoco.Renderer`.
+    Only the requested cameras are rendered, all with one reused `mujoco.Renderer` per image size.
+    `terminated` is True from the first step whose reward reaches `max_reward` (success) and stays True; the env
+    keeps stepping after it, so a caller may run a fixed number of steps. `truncated` is True from step
+    `episode_len` on. `render()` is the `render_camera` view at `render_size` (gymnasium's rgb_array mode);
+    `render_image(camera, size)` renders any camera at any size.
     """
 
-    action_dim = ACTION_DIM
+    metadata = {"render_modes": ["rgb_array"], "render_fps": round(1 / DT)}
     trajectory_legend = (
         ("left gripper", TRAJECTORY_RGBA[0]),
         ("right gripper", TRAJECTORY_RGBA[1]),
@@ -87,6 +112,9 @@ class DualArmSimEnv:
         image_size: Sequence[int] = (96, 96),
         camera_names: Sequence[str] = ("r_vis", "top", "front"),
         shadows: bool = False,
+        render_mode: str | None = "rgb_array",
+        render_camera: str = "front",
+        render_size: Sequence[int] = (480, 640),
     ):
         self.task_name = spec.name
         self.episode_len = spec.episode_len
@@ -100,20 +128,36 @@ class DualArmSimEnv:
         model_cameras = tuple(self._model.camera(i).name for i in range(self._model.ncam))
         self.available_cameras = tuple(CAMERA_ALIASES) + tuple(c for c in model_cameras if c not in CAMERA_ALIASES)
         self.camera_names = tuple(camera_names)
-        for camera in self.camera_names:
+        for camera in (*self.camera_names, render_camera):
             self._model_camera(camera)
-
-        self.image_size = tuple(int(s) for s in image_size)
-        if len(self.image_size) != 2 or min(self.image_size) < 1:
-            raise ValueError(f"image_size must be [height, width] with positive entries, got {list(image_size)}.")
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be None or {self.metadata['render_modes'][0]!r}, got {render_mode!r}.")
+        self.render_mode = render_mode
+        self.render_camera = render_camera
+        self.render_size = _image_size("render_size", render_size)
+        self.image_size = _image_size("image_size", image_size)
         self._shadows = shadows
         self._renderers = {}  # (H, W) -> mujoco.Renderer; the policy's size plus any media size asked for
         self._renderer(self.image_size)
         self._ee_body_ids = [self._model.body(name).id for name in END_EFFECTOR_BODIES]
 
+        unbounded = dict(low=-np.inf, high=np.inf, dtype=np.float64)  # MuJoCo's joint limits are soft
+        self.observation_space = spaces.Dict(
+            {
+                "qpos": spaces.Box(shape=(STATE_DIM,), **unbounded),
+                "qvel": spaces.Box(shape=(STATE_DIM,), **unbounded),
+                "env_state": spaces.Box(shape=(self._model.nq - NUM_ROBOT_QPOS,), **unbounded),
+                "images": spaces.Dict(
+                    {cam: spaces.Box(0, 255, (*self.image_size, 3), dtype=np.uint8) for cam in self.camera_names}
+                ),
+            }
+        )
+        self.action_space = _action_space(self._model)
+
         self.object_pose = None  # (E,) pose placed at the last reset
         self.last_observe_ms = 0.0  # time spent reading state and rendering for the latest observation
         self._episode_max_reward = 0.0
+        self._elapsed_steps = 0
 
     def _model_camera(self, camera: str) -> str:
         if camera not in self.available_cameras:
@@ -123,16 +167,32 @@ class DualArmSimEnv:
             )
         return CAMERA_ALIASES.get(camera, camera)
 
-    def reset(self, seed: int) -> dict:
-        """Start an episode with the object pose drawn from `seed` (same seed, same pose and images)."""
-        self.object_pose = self._sample_object_pose(seed)
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        """Start an episode with the object pose drawn from `seed`: same seed, same pose and images.
+
+        Without a seed the episode seed is drawn from `self.np_random`, so it follows from the last seeded reset
+        (an env never seeded draws fresh entropy, gymnasium's convention); `info["seed"]` replays the episode.
+        """
+        if options:
+            raise ValueError(
+                f"DualArmSimEnv.reset takes no options, got {sorted(options)}; pass seed= to pick the object pose."
+            )
+        seed = None if seed is None else operator.index(seed)  # numpy integers too; gymnasium takes Python ints
+        super().reset(seed=seed)
+        episode_seed = seed if seed is not None else int(self.np_random.integers(2**31))
+        self.object_pose = self._sample_object_pose(episode_seed)
         self._task.object_pose = self.object_pose
         self._episode_max_reward = 0.0
-        return self._observe(self._control_env.reset().observation)
+        self._elapsed_steps = 0
+        return self._observe(self._control_env.reset().observation), {"seed": episode_seed}
 
-    def step(self, action) -> StepResult:
-        """Execute one 14-dim joint-position action (one control step, 20 ms)."""
-        action = check_action(action, self.action_dim)
+    def step(self, action) -> tuple[dict, float, bool, bool, dict]:
+        """Execute one 14-dim joint-position action (one control step, 20 ms).
+
+        Returns (obs, reward, terminated, truncated, info); terminated = info["is_success"] = the reward has reached
+        `max_reward` at some step of this episode.
+        """
+        action = check_action(action, ACTION_DIM)
         try:
             timestep = self._control_env.step(action)
         except control.PhysicsError as error:
@@ -142,7 +202,10 @@ class DualArmSimEnv:
             ) from error
         reward = float(timestep.reward)
         self._episode_max_reward = max(self._episode_max_reward, reward)
-        return StepResult(self._observe(timestep.observation), reward, self._episode_max_reward >= self.max_reward)
+        self._elapsed_steps += 1
+        success = self._episode_max_reward >= self.max_reward
+        truncated = self._elapsed_steps >= self.episode_len
+        return self._observe(timestep.observation), reward, success, truncated, {"is_success": success}
 
     def _observe(self, state: dict) -> dict:
         start = time.perf_counter()
@@ -150,7 +213,7 @@ class DualArmSimEnv:
             "qpos": state["qpos"],
             "qvel": state["qvel"],
             "env_state": state["env_state"],
-            "images": {camera: self.render(camera) for camera in self.camera_names},
+            "images": {camera: self.render_image(camera) for camera in self.camera_names},
         }
         self.last_observe_ms = (time.perf_counter() - start) * 1e3
         return obs
@@ -166,7 +229,13 @@ class DualArmSimEnv:
             self._renderers[size] = renderer
         return self._renderers[size]
 
-    def render(self, camera: str, size: Sequence[int] | None = None) -> np.ndarray:
+    def render(self) -> np.ndarray | None:
+        """(H, W, 3) uint8 view of `render_camera` at `render_size` (rgb_array mode); None when render_mode is None."""
+        if self.render_mode is None:
+            return None
+        return self.render_image(self.render_camera, self.render_size)
+
+    def render_image(self, camera: str, size: Sequence[int] | None = None) -> np.ndarray:
         """(H, W, 3) uint8 image of any available camera, at `size` = (H, W) or the env's image size."""
         renderer = self._renderer(size or self.image_size)
         renderer.update_scene(self._data, camera=self._model_camera(camera))
@@ -211,3 +280,4 @@ class DualArmSimEnv:
     def close(self):
         for renderer in self._renderers.values():
             renderer.close()
+        self._renderers.clear()  # a second close() is a no-op, as gymnasium expects

@@ -9,13 +9,12 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from torch import nn
 
 from roboimi.vla.data import normalize_minmax, unnormalize_minmax
-from roboimi.vla.models.backbones.resnet_diffusion import require_cameras
+from roboimi.vla.observation_spec import ObservationSpec
 
 NORMALIZATION_KEYS = ("qpos_min", "qpos_max", "action_min", "action_max")
 
@@ -39,6 +38,7 @@ class VLAAgent(nn.Module):
         num_action_steps: int = 8,
         inference_steps: int = 10,
         camera_names: Sequence[str] = ("r_vis", "top", "front"),
+        state_keys: Sequence[str] = ("qpos",),
         num_train_timesteps: int = 100,
         beta_schedule: str = "squaredcos_cap_v2",
         clip_sample: bool = True,
@@ -68,7 +68,8 @@ class VLAAgent(nn.Module):
         self.pred_horizon = pred_horizon
         self.num_action_steps = num_action_steps
         self.inference_steps = inference_steps
-        self.camera_names = tuple(camera_names)
+        # What the policy observes; the dataset builder and the evaluator follow it, and it is checked here only.
+        self.observation_spec = ObservationSpec(camera_names, vision_backbone.input_shape, state_keys)
         self.prediction_type = prediction_type
 
         self.vision_backbone = vision_backbone
@@ -143,12 +144,16 @@ class VLAAgent(nn.Module):
     # Condition and loss
 
     @property
+    def camera_names(self) -> tuple[str, ...]:
+        return self.observation_spec.camera_names
+
+    @property
     def _device(self) -> torch.device:
         return self.qpos_min.device
 
     def encode_observation(self, images: Mapping[str, torch.Tensor], qpos: torch.Tensor) -> torch.Tensor:
         """images {cam: uint8 (B, T, 3, H, W)}, raw qpos (B, T, obs_dim) -> cond (B, T, cond_dim)."""
-        require_cameras(images, self.camera_names, "The observation batch's images")
+        self.observation_spec.check_images(images, "The observation batch's images")
         if qpos.shape[-1] != self.obs_dim:
             raise ValueError(
                 f"qpos has shape {tuple(qpos.shape)} but the agent was built with obs_dim={self.obs_dim}. "
@@ -234,12 +239,12 @@ class VLAAgent(nn.Module):
 
     def _populate_queues(self, obs: Mapping) -> None:
         """Append one env observation; right after reset it fills the whole history (repeated first frame)."""
-        require_cameras(obs.get("images", {}), self.camera_names, "The observation")
-        qpos = torch.as_tensor(obs["qpos"], dtype=torch.float32)
+        self.observation_spec.check_images(obs.get("images", {}), "The observation", channels_last=True)
+        qpos = torch.from_numpy(self.observation_spec.state(obs))
         if qpos.shape != (self.obs_dim,):
             raise ValueError(
-                f"obs['qpos'] has shape {tuple(qpos.shape)}; the agent expects ({self.obs_dim},) (obs_dim). "
-                "Check that the environment matches the training data."
+                f"The observation's state {list(self.observation_spec.state_keys)} has shape {tuple(qpos.shape)}; "
+                f"the agent expects ({self.obs_dim},) (obs_dim). Check that the environment matches the training data."
             )
         # Rendered frames are often flipped views (negative strides), which torch cannot wrap.
         frames = {cam: torch.as_tensor(np.ascontiguousarray(obs["images"][cam])) for cam in self.camera_names}
@@ -260,17 +265,13 @@ class VLAAgent(nn.Module):
         images = {}
         for cam in self.camera_names:
             frames = torch.stack(list(self._queues["images"][cam])).permute(0, 3, 1, 2)  # (T, 3, H, W)
-            frames = frames.to(self._device)
-            train_hw = list(self.vision_backbone.input_shape)
-            if list(frames.shape[-2:]) != train_hw:
-                frames = TF.resize(frames, train_hw, antialias=True)
-            images[cam] = frames.unsqueeze(0)
+            images[cam] = frames.unsqueeze(0).to(self._device)
         qpos = torch.stack(list(self._queues["qpos"])).unsqueeze(0).to(self._device)
         return {"images": images, "qpos": qpos}
 
     def select_action(self, obs: Mapping) -> torch.Tensor:
-        """One env step: obs {'qpos': (obs_dim,), 'images': {cam: uint8 (H, W, 3)}} -> action (action_dim,)
-        float32 on CPU. Re-plans every `num_action_steps` calls.
+        """One env step: an env observation {<state key>: (d,) for each of the spec's state_keys, 'images': {cam:
+        uint8 (H, W, 3)}} -> action (action_dim,) float32 on CPU. Re-plans every `num_action_steps` calls.
 
         `last_preprocess_ms` reports the queueing and batching time, which the rollout evaluator splits out
         of the inference time.

@@ -4,6 +4,7 @@ A checkpoint holds only tensors, numbers, strings, lists, tuples and dicts, so i
 torch.load(weights_only=True): a crafted file cannot run code, and the agent it rebuilds comes from RoboIMI's own
 classes only.
 """
+import copy
 import pickle
 import random
 from pathlib import Path
@@ -96,14 +97,32 @@ def require_trusted_targets(config: dict, where: str = "agent") -> None:
             require_trusted_targets(value, f"{where}.{key}")
 
 
+def upgrade_config(config: dict) -> dict:
+    """A checkpoint config written before the agent owned its observation spec, in today's layout.
+
+    Then the state keys lived only under data, and the encoder could resize images itself (resize_shape), which
+    is now done only when the dataset reads them (data.image_resize_shape).
+    """
+    config = copy.deepcopy(config)
+    agent = config["agent"]
+    agent.setdefault("state_keys", config.get("data", {}).get("state_keys", ["qpos"]))
+    backbone = agent.get("vision_backbone", {})
+    if backbone.pop("resize_shape", None) is not None:
+        raise ValueError(
+            "The checkpoint's encoder resizes its images (agent.vision_backbone.resize_shape), which this version of "
+            "RoboIMI no longer does: retrain with data.image_resize_shape=[H,W] instead."
+        )
+    return config
+
+
 def build_agent_from_checkpoint(checkpoint: dict, device: torch.device, use_ema: bool = True):
     """Rebuild the agent from the config, weights and normalization stats stored in a checkpoint.
 
     `use_ema` takes the EMA weights where the checkpoint has them (train.use_ema), else the trained weights. A policy
     export (policy.pt) holds one set of weights and says which. Returns (agent, cfg, 'ema' | 'raw').
     """
-    cfg: DictConfig = OmegaConf.create(checkpoint["config"])
     require_trusted_targets(checkpoint["config"]["agent"])
+    cfg: DictConfig = OmegaConf.create(upgrade_config(checkpoint["config"]))
     agent = instantiate(cfg.agent)
     if use_ema and "ema" in checkpoint:
         state, weights = checkpoint["ema"], "ema"

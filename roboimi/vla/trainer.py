@@ -63,11 +63,6 @@ def fill_data_dims(cfg: DictConfig, bundle) -> None:
     cfg.agent.obs_dim = bundle.state_dim
     cfg.agent.action_dim = bundle.action_dim
     cfg.data.image_shape = list(bundle.image_shape) if bundle.image_shape else None  # None: no cameras
-    if list(cfg.agent.camera_names) != list(cfg.data.camera_names):
-        raise ValueError(
-            f"agent.camera_names={list(cfg.agent.camera_names)} does not match data.camera_names="
-            f"{list(cfg.data.camera_names)}. Set only data.camera_names; the agent follows it by interpolation."
-        )
 
 
 def resolve_resume_path(train_cfg, ckpt_dir: Path) -> Path | None:

@@ -2,17 +2,26 @@
 
     python roboimi/demos/vla_scripts/eval_vla.py ckpt_path=runs/<run>/checkpoints/last.pt eval.num_episodes=50 eval.output_dir=eval_out
 
-The agent is rebuilt from the checkpoint alone (config, weights, normalization stats). Any `eval.*` key, and
-`agent.inference_steps`, can be overridden; the rest of the stored config is used as trained.
+A Hydra program like train_vla.py over the root config roboimi/vla/conf/eval_vla.yaml: `--help` lists the keys,
+`--cfg job` prints what a command line composes, and nothing but the evaluation's own output is written (no outputs/
+dir). The agent is rebuilt from the checkpoint alone (config, weights, normalization stats). Any `eval.*` key,
+`agent.inference_steps` and `device` can be set; a key set on the command line wins over the checkpoint's stored
+value, and the rest of the stored config is used as trained.
 Rollouts act with the EMA weights when the checkpoint has them; `eval.use_ema=false` evaluates the trained weights.
 Writes <output_dir>/summary.json (success_rate, mean_return, num_episodes, mean_inference_ms, weights, per-episode
 entries).
 """
 import json
-import sys
 from pathlib import Path
+from typing import Sequence
 
-from omegaconf import OmegaConf
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
+from omegaconf import DictConfig, OmegaConf
 
 from roboimi.vla import CONFIG_DIR
 from roboimi.vla.checkpoint import build_agent_from_checkpoint, load_checkpoint
@@ -21,36 +30,71 @@ from roboimi.vla.experiment_logger import ExperimentLogger
 from roboimi.vla.fast_paths import compile_head
 from roboimi.vla.runtime import resolve_device
 
+CONFIG_NAME = "eval_vla"
 EVAL_DEFAULTS = CONFIG_DIR / "eval" / "eval.yaml"
+USAGE = (
+    "usage: eval_vla.py ckpt_path=<file.pt> [eval.num_episodes=N] [eval.output_dir=DIR] [eval.<key>=...] "
+    "[agent.inference_steps=N] [device=auto|cpu|cuda] (eval_vla.py --help lists the eval keys)"
+)
 
-OVERRIDABLE_PREFIXES = ("eval.", "agent.inference_steps", "device")
 
+def override_keys(overrides: Sequence[str]) -> list[str]:
+    """The keys `overrides` set; SystemExit naming the settable keys when one is anything else.
 
-def parse_overrides(argv: list[str]):
-    overrides = OmegaConf.from_dotlist(argv)
-    unknown = [a.split("=", 1)[0] for a in argv if not a.startswith(("ckpt_path=",) + OVERRIDABLE_PREFIXES)]
-    if unknown or "ckpt_path" not in overrides:
+    Also run before Hydra composes, whose own error for an unknown key names no settable key and suggests `+key=`,
+    which the stored config would then ignore.
+    """
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as error:
+        raise SystemExit(f"{error}\n{USAGE}") from None
+    eval_keys = list(OmegaConf.load(EVAL_DEFAULTS))
+    settable = ["ckpt_path", "device", "agent.inference_steps", *(f"eval.{key}" for key in eval_keys)]
+    keys = [o.key_or_group for o in parsed if not o.key_or_group.startswith(("hydra.", "hydra/"))]
+    unknown = [key for key in keys if key not in settable]
+    if unknown:
         raise SystemExit(
-            "usage: eval_vla.py ckpt_path=<file.pt> [eval.num_episodes=N] [eval.output_dir=DIR] [eval.<key>=...] "
-            "[agent.inference_steps=N] [device=auto|cpu|cuda]" + (f"\nunknown keys: {unknown}" if unknown else "")
+            f"unknown keys: {unknown}. eval_vla.py uses the checkpoint's stored config as trained and sets only "
+            f"ckpt_path, device, agent.inference_steps and eval.<key> for <key> in: {', '.join(eval_keys)}.\n{USAGE}"
         )
-    return overrides
+    return keys
 
 
-def main(argv: list[str]) -> dict:
-    overrides = parse_overrides(argv)
-    device = resolve_device(overrides.get("device", "auto"))
-    ckpt_path = Path(overrides.ckpt_path)
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The config the command line `eval_vla.py *overrides` composes; Hydra's global state is left as found."""
+    override_keys(overrides)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(CONFIG_NAME, overrides=list(overrides))
+
+
+def checkpoint_config(cfg: DictConfig, stored: dict, overridden: Sequence[str]) -> dict:
+    """The config to evaluate with: the eval defaults, then the checkpoint's stored config, then the `overridden` keys.
+
+    The defaults go first so checkpoints written before an eval key existed still evaluate; only the keys the command
+    line set, not every default in `cfg.eval`, may replace a stored value.
+    """
+    set_here = OmegaConf.create()
+    for key in overridden:
+        value = OmegaConf.select(cfg, key)
+        if key.startswith("eval.") or (key == "agent.inference_steps" and value is not None):  # null = the stored one
+            OmegaConf.update(set_here, key, value)
+    merged = OmegaConf.merge({"eval": OmegaConf.to_container(cfg.eval)}, stored, set_here)
+    return OmegaConf.to_container(merged, resolve=True)
+
+
+def main(argv: Sequence[str]) -> dict:
+    """Evaluate as the command line `eval_vla.py *argv` would, without Hydra's global state (tests call this)."""
+    return evaluate_checkpoint(compose_config(argv), argv)
+
+
+def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> dict:
+    """Evaluate cfg.ckpt_path; `overrides`: the command line's `key=value` list, whose keys win over the stored config."""
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+        raise SystemExit(f"eval_vla.py needs the checkpoint to evaluate: pass ckpt_path=runs/<run>/policy.pt.\n{USAGE}")
+    device = resolve_device(cfg.device)
+    ckpt_path = Path(cfg.ckpt_path)
     checkpoint = load_checkpoint(ckpt_path)
-    # Current eval defaults first, so checkpoints written before an eval key existed still evaluate.
-    checkpoint["config"] = OmegaConf.to_container(
-        OmegaConf.merge(
-            {"eval": OmegaConf.load(EVAL_DEFAULTS)},
-            checkpoint["config"],
-            {k: v for k, v in overrides.items() if k in ("eval", "agent")},
-        ),
-        resolve=True,
-    )
+    checkpoint["config"] = checkpoint_config(cfg, checkpoint["config"], override_keys(overrides))
     use_ema = checkpoint["config"]["eval"]["use_ema"]
     agent, cfg, weights = build_agent_from_checkpoint(checkpoint, device, use_ema=use_ema)
     if use_ema and weights == "raw":
@@ -118,9 +162,16 @@ def log_to_swanlab(summary: dict, cfg, ckpt_path: Path) -> None:
     logger.finish()
 
 
+@hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name=CONFIG_NAME)
+def hydra_main(cfg: DictConfig) -> None:
+    evaluate_checkpoint(cfg, HydraConfig.get().overrides.task)
+
+
 def cli() -> None:
-    """Console-script entry point."""
-    main(sys.argv[1:])
+    """Console-script entry point (roboimi-eval): Hydra's command line, with unknown keys named first."""
+    # The parser hydra.main itself uses, so flag values (`--cfg job`) are not taken for overrides.
+    override_keys(get_args_parser().parse_args().overrides)
+    hydra_main()
 
 
 if __name__ == "__main__":

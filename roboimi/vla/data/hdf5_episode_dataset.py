@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from roboimi.vla.data.windowing import AnchorIndex, sample_window
+from roboimi.vla.observation_spec import assemble_state
 
 
 class HDF5EpisodeDataset(Dataset):
@@ -51,8 +52,8 @@ class HDF5EpisodeDataset(Dataset):
         self.qpos, self.action = [], []  # per episode: float32 (T, S), (T, A)
         for episode in self.episodes:
             with h5py.File(episode.path, "r") as f:
-                state = [f[f"observations/{key}"][()] for key in self.state_keys]
-                self.qpos.append(np.concatenate(state, axis=1).astype(np.float32))
+                recorded = {key: f[f"observations/{key}"][()] for key in self.state_keys}
+                self.qpos.append(assemble_state(recorded, self.state_keys, f"Episode file '{episode.path}'"))
                 self.action.append(f["action"][()].astype(np.float32))
         self.anchors = AnchorIndex([episode.length for episode in self.episodes])
         self._reset_process_state()

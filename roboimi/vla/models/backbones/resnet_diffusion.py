@@ -18,16 +18,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def require_cameras(images: Mapping, camera_names: Sequence[str], source: str) -> None:
-    """Raise a ValueError naming the missing cameras and the ones that were given."""
-    missing = [cam for cam in camera_names if cam not in images]
-    if missing:
-        raise ValueError(
-            f"{source} is missing camera(s) {missing}; it has {sorted(images)} but the policy was built for "
-            f"camera_names={list(camera_names)}. Provide every camera, or train with a matching data.camera_names."
-        )
-
-
 class SpatialSoftmax(nn.Module):
     """Keypoints as softmax-weighted expected (x, y) positions of K learned 1x1-conv feature maps.
 
@@ -103,7 +93,7 @@ def _build_trunk(vision_backbone: str, pretrained_backbone_weights: str | None) 
 
 
 class _SingleRgbEncoder(nn.Module):
-    """One camera: resize -> crop -> (ImageNet norm) -> conv trunk -> SpatialSoftmax -> Linear + ReLU."""
+    """One camera: crop -> (ImageNet norm) -> conv trunk -> SpatialSoftmax -> Linear + ReLU."""
 
     def __init__(
         self,
@@ -112,7 +102,6 @@ class _SingleRgbEncoder(nn.Module):
         freeze_backbone: bool,
         spatial_softmax_num_keypoints: int,
         use_group_norm: bool,
-        resize_shape: tuple[int, int] | None,
         crop_shape: tuple[int, int] | None,
         crop_is_random: bool,
         input_shape: tuple[int, int],
@@ -126,7 +115,6 @@ class _SingleRgbEncoder(nn.Module):
             )
         self.freeze_backbone = freeze_backbone
 
-        self.resize = transforms.Resize(list(resize_shape), antialias=True) if resize_shape else None
         if crop_shape:
             self.center_crop = transforms.CenterCrop(list(crop_shape))
             self.random_crop = transforms.RandomCrop(list(crop_shape)) if crop_is_random else self.center_crop
@@ -163,8 +151,6 @@ class _SingleRgbEncoder(nn.Module):
         return self
 
     def _preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        if self.resize is not None:
-            x = self.resize(x)
         if self.center_crop is not None:
             x = self.random_crop(x) if self.training else self.center_crop(x)
         if self.image_mean is not None:
@@ -178,7 +164,10 @@ class _SingleRgbEncoder(nn.Module):
 
 
 class ResNetDiffusionBackbone(nn.Module):
-    """Encodes a dict of camera videos into one feature vector per time step."""
+    """Encodes a dict of camera videos into one feature vector per time step.
+
+    The agent's observation spec checks cameras and image size before the images get here.
+    """
 
     def __init__(
         self,
@@ -188,7 +177,6 @@ class ResNetDiffusionBackbone(nn.Module):
         use_separate_rgb_encoder_per_camera: bool = True,
         spatial_softmax_num_keypoints: int = 32,
         use_group_norm: bool = False,
-        resize_shape: Sequence[int] | None = None,
         crop_shape: Sequence[int] | None = None,
         crop_is_random: bool = True,
         camera_names: Sequence[str] = ("r_vis", "top", "front"),
@@ -212,7 +200,6 @@ class ResNetDiffusionBackbone(nn.Module):
                 freeze_backbone=freeze_backbone,
                 spatial_softmax_num_keypoints=spatial_softmax_num_keypoints,
                 use_group_norm=use_group_norm,
-                resize_shape=tuple(resize_shape) if resize_shape else None,
                 crop_shape=tuple(crop_shape) if crop_shape else None,
                 crop_is_random=crop_is_random,
                 input_shape=self.input_shape,
@@ -227,7 +214,6 @@ class ResNetDiffusionBackbone(nn.Module):
 
     def forward(self, images: Mapping[str, torch.Tensor]) -> torch.Tensor:
         # images: {cam: (B, T, 3, H, W) float in [0, 1]} -> (B, T, num_cameras * output_dim)
-        require_cameras(images, self.camera_names, "images")
         batch, steps = images[self.camera_names[0]].shape[:2]
         if self.use_separate_rgb_encoder_per_camera:
             features = [

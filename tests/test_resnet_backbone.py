@@ -218,6 +218,37 @@ if __name__ == "__main__":
     unittest.main()
 
 
+class SpatialSoftmaxTemperatureTest(unittest.TestCase):
+    def test_keypoints_are_the_softmax_of_logits_over_the_temperature(self):
+        torch.manual_seed(0)
+        plain = SpatialSoftmax((4, 3, 5), num_kp=2)
+        tempered = SpatialSoftmax((4, 3, 5), num_kp=2, temperature=0.25)
+        tempered.nets.load_state_dict(plain.nets.state_dict())
+        features = torch.randn(2, 4, 3, 5)
+        logits = plain.nets(features).flatten(2)  # (B, K, 15)
+        expected = torch.softmax(logits / 0.25, dim=-1) @ plain.pos_grid
+        torch.testing.assert_close(tempered(features), expected)
+        self.assertFalse(torch.allclose(plain(features), expected))
+
+    def test_temperature_is_learned(self):
+        pool = SpatialSoftmax((4, 3, 5), num_kp=2, temperature=0.1)
+        pool(torch.randn(2, 4, 3, 5)).square().sum().backward()
+        self.assertIsNotNone(pool.log_inverse_temperature.grad)
+        self.assertNotEqual(pool.log_inverse_temperature.grad.item(), 0.0)
+
+    def test_plain_softmax_keeps_the_state_dict_keys(self):
+        plain = ResNetDiffusionBackbone(vision_backbone="small_cnn", input_shape=(32, 32), camera_names=("top",))
+        tempered = ResNetDiffusionBackbone(
+            vision_backbone="small_cnn", input_shape=(32, 32), camera_names=("top",), spatial_softmax_temperature=0.1
+        )
+        extra = set(tempered.state_dict()) - set(plain.state_dict())
+        self.assertEqual(extra, {"rgb_encoder.0.pool.log_inverse_temperature"})
+
+    def test_non_positive_temperature_is_named(self):
+        with self.assertRaisesRegex(ValueError, "spatial_softmax_temperature=0"):
+            SpatialSoftmax((4, 3, 5), temperature=0)
+
+
 class SmallConvTrunkTest(unittest.TestCase):
     def test_quarter_resolution_feature_grid_and_output(self):
         backbone = ResNetDiffusionBackbone(vision_backbone="small_cnn", input_shape=(96, 96), camera_names=("top",))

@@ -1,5 +1,6 @@
 """train_vla.py end to end on a tiny generated dataset: checkpoints, exact resume, failure handling."""
 import json
+import os
 import tempfile
 import unittest
 import warnings
@@ -64,6 +65,23 @@ class TrainVLATest(TinyDatasetTestCase):
                 self.assertEqual(sorted(resumed), [4, 5, 6])
                 for step in (4, 5, 6):
                     self.assertEqual(resumed[step], full[step], f"loss differs at step {step}")
+
+    def test_start_banner_says_where_on_what_and_how_big(self):
+        trainer = Trainer(compose_tiny("resnet_imf_attnres", self.data_dir), self.run_dir("banner"))
+        try:
+            banner = trainer.describe()
+        finally:
+            trainer.close()
+        head_params = sum(p.numel() for p in trainer.agent.noise_pred_net.parameters()) / 1e6
+        for part in (
+            f"Training IMFVLAAgent in {self.run_dir('banner')} (pid {os.getpid()}, cpu",
+            "from scratch to step 4",
+            f"2 training episodes, {len(trainer.bundle.train)} samples",
+            f"head {head_params:.2f} M",
+            "batch 2",
+            "no SwanLab",
+        ):
+            self.assertIn(part, banner)
 
     def test_resume_auto_starts_fresh_without_a_checkpoint(self):
         trainer = Trainer(compose_tiny("resnet_transformer", self.data_dir, ["train.resume=auto"]), self.run_dir("auto"))

@@ -4,6 +4,7 @@ roboimi/demos/vla_scripts/train_vla.py starts it from the Hydra config; tests an
 Outputs go to the run dir: checkpoints/, logs.json.txt, swanlog/ and rollouts/.
 """
 import math
+import os
 import time
 import warnings
 from contextlib import contextmanager
@@ -152,6 +153,7 @@ class Trainer:
         self.batches_done_in_epoch = 0
         self.best_success_rate = -1.0
         self.last_rollout_step = None
+        self.last_success_rate = None  # of this process's latest rollout validation
         self.config_dict = OmegaConf.to_container(cfg, resolve=True)
         if resume_path is not None:
             self.resume_from(resume_path)
@@ -311,14 +313,39 @@ class Trainer:
             progress=False,
         )
         self.logger.log_rollout_summary("rollout", summary, self.global_step)
+        self.last_success_rate = summary["success_rate"]
         if summary["success_rate"] > self.best_success_rate:
             self.best_success_rate = summary["success_rate"]
             self.save("best_rollout.pt")
         print(f"step {self.global_step}: rollout success rate {summary['success_rate']:.2f} -> {output_dir}")
 
     # ---- the loop ----------------------------------------------------------------------------
+    def describe(self) -> str:
+        """What this run will do: where, on what, with how many parameters and samples, tracked where."""
+        cfg, bundle = self.cfg, self.bundle
+
+        def millions(module) -> str:
+            return f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f} M"
+
+        spec = self.agent.observation_spec
+        cameras = f"cameras {list(spec.camera_names)} at {list(spec.image_shape)}" if spec.camera_names else "no cameras"
+        val = f", {len(bundle.val)} validation samples" if bundle.val is not None else ""
+        tracking = f"SwanLab ({cfg.train.swanlab_mode}) experiment '{self.experiment_name}'" if cfg.train.use_swanlab else "no SwanLab"
+        start = f"from step {self.global_step}" if self.global_step else "from scratch"
+        return "\n".join([
+            f"Training {type(self.agent).__name__} in {self.run_dir} (pid {os.getpid()}, {self.device}, "
+            f"{self.dist.world_size} process(es)), {start} to step {cfg.train.max_steps}",
+            f"  data       {cfg.data.dataset_dir}: {len(bundle.train_episodes)} training episodes, "
+            f"{len(bundle.train)} samples{val}; {cameras}; state {list(spec.state_keys)} ({self.agent.obs_dim} dims)",
+            f"  parameters encoder {millions(self.agent.vision_backbone)}, head {millions(self.agent.noise_pred_net)}; "
+            f"batch {self.global_batch_size}, lr {cfg.train.lr}, EMA {'on' if self.ema is not None else 'off'}",
+            f"  tracking   {self.logger.jsonl_path}, {tracking}",
+        ])
+
     def fit(self) -> None:
         cfg = self.cfg.train
+        if self.dist.is_main:
+            print(self.describe(), flush=True)
         self.agent.train()
         bar = tqdm(total=cfg.max_steps, initial=self.global_step, desc="train", dynamic_ncols=True, disable=not self.dist.is_main)
         last_log_time, last_log_step = time.perf_counter(), self.global_step
@@ -357,9 +384,10 @@ class Trainer:
         self.dist.close()
         self.close()
         if self.dist.is_main:
+            final = "" if self.last_success_rate is None else f", final rollout success rate {self.last_success_rate:.0%}"
             print(
-                f"Training done: {self.global_step} steps. Policy for evaluation: {self.run_dir / 'policy.pt'}; full "
-                f"checkpoint to resume: {self.ckpt_dir / 'last.pt'}; metrics: {self.logger.jsonl_path}"
+                f"Training done: {self.global_step} steps{final}. Policy for evaluation: {self.run_dir / 'policy.pt'}; "
+                f"full checkpoint to resume: {self.ckpt_dir / 'last.pt'}; metrics: {self.logger.jsonl_path}"
             )
 
     def end_of_epoch(self) -> None:

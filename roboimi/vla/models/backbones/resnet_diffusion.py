@@ -4,6 +4,7 @@ order.
 
 Module names (`backbone`, `pool`, `out`, `nets`) follow lerobot's DiffusionRgbEncoder so checkpoints map 1:1.
 """
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -22,13 +23,22 @@ class SpatialSoftmax(nn.Module):
     """Keypoints as softmax-weighted expected (x, y) positions of K learned 1x1-conv feature maps.
 
     The coordinate grid spans [-1, 1] along each axis; `pos_grid[h * W + w] = (x_w, y_h)` (x first).
+    With `temperature` the logits are divided by a learned temperature that starts there. A small object (a few
+    pixels of a 24x24 map) moves the keypoint of a near-uniform softmax by almost nothing; a low starting temperature
+    makes the maps peaked enough to track it from the first steps. None keeps the plain softmax (and the
+    parameter-free module of pretrained checkpoints).
     """
 
-    def __init__(self, input_shape: tuple[int, int, int], num_kp: int = 32):
+    def __init__(self, input_shape: tuple[int, int, int], num_kp: int = 32, temperature: float | None = None):
         super().__init__()
         channels, height, width = input_shape
         self.num_kp = num_kp
         self.nets = nn.Conv2d(channels, num_kp, kernel_size=1)
+        if temperature is not None and temperature <= 0:
+            raise ValueError(f"spatial_softmax_temperature={temperature} must be > 0, or null for the plain softmax.")
+        self.log_inverse_temperature = (
+            None if temperature is None else nn.Parameter(torch.tensor(-math.log(temperature)))
+        )
         grid_y, grid_x = torch.meshgrid(
             torch.linspace(-1.0, 1.0, height), torch.linspace(-1.0, 1.0, width), indexing="ij"
         )
@@ -37,6 +47,8 @@ class SpatialSoftmax(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         # features: (B, C, H, W) -> keypoints (B, K, 2)
         logits = self.nets(features).flatten(2)  # (B, K, H*W)
+        if self.log_inverse_temperature is not None:
+            logits = logits * self.log_inverse_temperature.exp()
         attention = torch.softmax(logits, dim=-1)
         return attention @ self.pos_grid
 
@@ -101,6 +113,7 @@ class _SingleRgbEncoder(nn.Module):
         pretrained_backbone_weights: str | None,
         freeze_backbone: bool,
         spatial_softmax_num_keypoints: int,
+        spatial_softmax_temperature: float | None,
         use_group_norm: bool,
         crop_shape: tuple[int, int] | None,
         crop_is_random: bool,
@@ -139,7 +152,9 @@ class _SingleRgbEncoder(nn.Module):
             feature_shape = self.backbone(self._preprocess(torch.zeros(1, 3, *input_shape))).shape[1:]
         self.train(was_training)
 
-        self.pool = SpatialSoftmax(tuple(feature_shape), num_kp=spatial_softmax_num_keypoints)
+        self.pool = SpatialSoftmax(
+            tuple(feature_shape), num_kp=spatial_softmax_num_keypoints, temperature=spatial_softmax_temperature
+        )
         self.output_dim = 2 * spatial_softmax_num_keypoints
         self.out = nn.Linear(self.output_dim, self.output_dim)
         self.relu = nn.ReLU()
@@ -176,6 +191,7 @@ class ResNetDiffusionBackbone(nn.Module):
         freeze_backbone: bool = False,
         use_separate_rgb_encoder_per_camera: bool = True,
         spatial_softmax_num_keypoints: int = 32,
+        spatial_softmax_temperature: float | None = None,
         use_group_norm: bool = False,
         crop_shape: Sequence[int] | None = None,
         crop_is_random: bool = True,
@@ -199,6 +215,7 @@ class ResNetDiffusionBackbone(nn.Module):
                 pretrained_backbone_weights=pretrained_backbone_weights,
                 freeze_backbone=freeze_backbone,
                 spatial_softmax_num_keypoints=spatial_softmax_num_keypoints,
+                spatial_softmax_temperature=spatial_softmax_temperature,
                 use_group_norm=use_group_norm,
                 crop_shape=tuple(crop_shape) if crop_shape else None,
                 crop_is_random=crop_is_random,

@@ -9,6 +9,7 @@ import torchvision
 from torch import nn
 
 from roboimi.vla.models.backbones.resnet_diffusion import ResNetDiffusionBackbone, SpatialSoftmax
+from roboimi.vla.models.backbones.small_cnn import SmallConvTrunk
 
 torch.set_num_threads(1)
 
@@ -272,6 +273,21 @@ class SmallConvTrunkTest(unittest.TestCase):
         keypoint = encoder.pool(encoder.backbone(image))[0, 0]  # (x, y) in [-1, 1]
         self.assertLess(keypoint[0].item(), -0.5)
         self.assertGreater(keypoint[1].item(), 0.5)
+
+    def test_group_norm_gives_features_that_vary_at_unit_scale(self):
+        # What it fixes: at init the plain ReLU trunk's features differ between images by ~1 % of the input range,
+        # so the keypoint logits are flat; after a GroupNorm per conv they differ at order one.
+        image = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        spread = {}
+        for group_norm in (True, False):
+            torch.manual_seed(0)
+            trunk = SmallConvTrunk(group_norm=group_norm)
+            self.assertEqual(sum(isinstance(m, nn.GroupNorm) for m in trunk), 3 if group_norm else 0)
+            with torch.no_grad():
+                features = trunk(image)
+            spread[group_norm] = (features - features.mean(0)).std().item()  # variation across images
+        self.assertGreater(spread[True], 0.1)
+        self.assertGreater(spread[True], 10 * spread[False])
 
     def test_much_cheaper_than_resnet18(self):
         small = ResNetDiffusionBackbone(vision_backbone="small_cnn", input_shape=(96, 96), camera_names=("top",))

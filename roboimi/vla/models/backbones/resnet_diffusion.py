@@ -85,15 +85,18 @@ def _load_local_resnet_weights(resnet: nn.Module, path: str) -> None:
         )
 
 
-def _build_trunk(vision_backbone: str, pretrained_backbone_weights: str | None) -> nn.Module:
-    """`small_cnn` (SmallConvTrunk) or a torchvision ResNet name (e.g. resnet18) without avgpool and fc."""
+def _build_trunk(vision_backbone: str, pretrained_backbone_weights: str | None, use_group_norm: bool) -> nn.Module:
+    """`small_cnn` (SmallConvTrunk) or a torchvision ResNet name (e.g. resnet18) without avgpool and fc.
+
+    `use_group_norm`: a GroupNorm after each conv of SmallConvTrunk; a ResNet's BatchNorms are replaced by the caller.
+    """
     if vision_backbone == "small_cnn":
         if pretrained_backbone_weights is not None:
             raise ValueError(
                 "vision_backbone=small_cnn has no pretrained weights; set "
                 "agent.vision_backbone.pretrained_backbone_weights=null or use a ResNet."
             )
-        return SmallConvTrunk()
+        return SmallConvTrunk(group_norm=use_group_norm)
     if not vision_backbone.startswith("resnet") or not hasattr(torchvision.models, vision_backbone):
         raise ValueError(
             f"Unknown vision_backbone={vision_backbone!r}: use small_cnn or a torchvision ResNet (resnet18, resnet34)."
@@ -139,7 +142,7 @@ class _SingleRgbEncoder(nn.Module):
         else:
             self.image_mean = self.image_std = None
 
-        self.backbone = _build_trunk(vision_backbone, pretrained_backbone_weights)
+        self.backbone = _build_trunk(vision_backbone, pretrained_backbone_weights, use_group_norm)
         if use_group_norm:
             _replace_batchnorm_with_groupnorm(self.backbone)
         if freeze_backbone:

@@ -76,6 +76,12 @@ class EvalVLAArtifactsTest(unittest.TestCase):
         self.assertEqual(from_export["weights"], "ema")
         self.assertEqual(from_export["episodes"], from_checkpoint["episodes"])
 
+    def test_default_output_dir_is_the_runs_eval_dir_for_both_checkpoint_kinds(self):
+        for ckpt in (self.run_dir / "policy.pt", self.run_dir / "checkpoints" / "last.pt"):
+            with self.subTest(ckpt=ckpt.name):
+                summary = eval_vla.main([f"ckpt_path={ckpt}", "eval.num_episodes=1", "eval.max_timesteps=2"])
+                self.assertEqual(Path(summary["summary_path"]), self.run_dir / "eval" / "summary.json")
+
     def test_no_video_unless_asked(self):
         summary, out = self.evaluate("no_video", [])
         self.assertEqual(summary.get("videos", []), [])

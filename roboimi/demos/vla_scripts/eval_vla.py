@@ -101,7 +101,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> dict:
         print(f"{ckpt_path} holds no EMA weights (trained with train.use_ema=false): evaluating the trained weights.")
     if cfg.eval.task is None:
         raise ValueError("The checkpoint has no built-in task to evaluate in (eval.task is null). Pass eval.task=sim_transfer or another registered task.")
-    output_dir = Path(cfg.eval.output_dir or ckpt_path.parent.parent / "eval")
+    output_dir = Path(cfg.eval.output_dir or run_dir_of(ckpt_path) / "eval")
     if cfg.eval.compile_head:
         compile_head(agent)
     summary = evaluate_agent(
@@ -115,6 +115,11 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> dict:
         log_to_swanlab(summary, cfg, ckpt_path)
     print(report(summary, cfg))
     return summary
+
+
+def run_dir_of(ckpt_path: Path) -> Path:
+    """The training run a checkpoint belongs to: <run>/policy.pt or <run>/checkpoints/<name>.pt -> <run>."""
+    return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
 
 
 def report(summary: dict, cfg) -> str:
@@ -146,7 +151,7 @@ def log_to_swanlab(summary: dict, cfg, ckpt_path: Path) -> None:
     SwanLab's local and offline modes cannot append to a finished experiment, so the evaluation is its own
     experiment named `<run>-eval-nfe<N>` in the run's group.
     """
-    run_dir = ckpt_path.parent.parent
+    run_dir = run_dir_of(ckpt_path)
     name = cfg.train.swanlab_experiment_name or run_dir.name
     logger = ExperimentLogger(
         run_dir,

@@ -119,3 +119,23 @@ class ConfigDefaultsTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class CpuImageRecipeWiringTest(unittest.TestCase):
+    """agent=image_* data=sim_transfer_top train=image_cpu: the state recipes' heads on one camera's keypoints."""
+
+    def test_recipe_composes_into_the_normalized_small_trunk_with_a_learned_temperature(self):
+        for agent_name, agent_cls in (("image_imf_attnres", IMFVLAAgent), ("image_transformer", VLAAgent)):
+            with self.subTest(agent=agent_name):
+                cfg = compose_config(
+                    agent_name, ["data=sim_transfer_top", "train=image_cpu", "agent.obs_dim=14", "agent.action_dim=14",
+                                 "data.image_shape=[96,96]"]
+                )
+                agent = instantiate(cfg.agent)
+                self.assertIs(type(agent), agent_cls)
+                self.assertEqual(agent.camera_names, ("top",))
+                self.assertEqual(list(cfg.data.state_keys), ["qpos"])  # the cube is seen, not given
+                encoder = agent.vision_backbone.rgb_encoder[0]
+                self.assertEqual(sum(isinstance(m, nn.GroupNorm) for m in encoder.backbone), 3)
+                self.assertAlmostEqual(encoder.pool.log_inverse_temperature.exp().item(), 10.0, places=4)
+                self.assertEqual(agent.noise_pred_net.cond_dim, 64 + 14)

@@ -126,6 +126,18 @@ class CommandLineTest(unittest.TestCase):
             # No chdir (dataset_dir stays relative to the caller) and no outputs/, .hydra/ or log file.
             self.assertEqual(sorted(str(p.relative_to(tmp)) for p in Path(tmp).rglob("*")), ["demos", "demos/episode_0.hdf5"])
 
+    def test_help_and_cfg_job_show_the_settings_without_recording(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            help_text = run_script(["--help"], Path(tmp))
+            composed = run_script(["--cfg", "job", "task=sim_insertion", "num_episodes=3"], Path(tmp))
+            self.assertEqual(list(Path(tmp).iterdir()), [])
+        self.assertEqual(help_text.returncode, 0, help_text.stderr)
+        self.assertIn("== Settings ==", help_text.stdout)
+        self.assertIn("num_episodes: 50", help_text.stdout)  # the default
+        self.assertEqual(composed.returncode, 0, composed.stderr)
+        self.assertIn("task: sim_insertion", composed.stdout)
+        self.assertIn("num_episodes: 3", composed.stdout)
+
     def test_unknown_key_fails_naming_the_valid_keys(self):
         with tempfile.TemporaryDirectory() as tmp:
             result = run_script(["task=sim_insertion", "episodes=3"], Path(tmp))

@@ -169,6 +169,29 @@ class XPredictionTest(unittest.TestCase):
         self.assertTrue(torch.isfinite(loss_x))
         self.assertNotAlmostEqual(loss_u.item(), loss_x.item(), places=3)
 
+    def test_data_space_loss_is_the_data_error_on_r_equal_t_rows(self):
+        # With every row at r = t, V = u = (z - x̂) / t, so t * (V - (e - x)) = x - x̂: the data-space loss is the
+        # plain MSE of the clean-chunk estimate, and the velocity-space loss the same errors over t^2.
+        batch = make_batch(batch=4)
+        losses = {}
+        for space in ("data", "velocity"):
+            agent = make_imf_agent(prediction="x", data_proportion=1.0, loss_space=space).eval()
+            losses[space] = seeded_loss(agent, batch)
+        torch.manual_seed(0)
+        x = agent._normalize_action(batch["action"])
+        cond = agent.encode_observation(batch["images"], batch["qpos"])
+        e = torch.randn_like(x)
+        t, _ = agent._sample_tr(x)
+        t_view = t[:, None, None]
+        with torch.no_grad():
+            x_hat = agent.noise_pred_net((1 - t_view) * x + t_view * e, t, t, cond)
+            torch.testing.assert_close(losses["data"], ((x_hat - x) ** 2).mean(), atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(losses["velocity"], (((x_hat - x) / t_view) ** 2).mean(), atol=1e-6, rtol=1e-5)
+
+    def test_unknown_loss_space_message(self):
+        with self.assertRaisesRegex(ValueError, r"Unsupported IMF loss_space: 'noise'.*agent.loss_space"):
+            make_imf_agent(prediction="x", loss_space="noise")
+
     def test_unknown_prediction_and_clamp_messages(self):
         with self.assertRaisesRegex(ValueError, r"Unsupported IMF prediction: 'eps'.*agent.prediction"):
             make_imf_agent(prediction="eps")

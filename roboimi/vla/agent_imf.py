@@ -9,6 +9,12 @@ Two parameterizations of u by the head (`prediction`):
   'x': fn estimates the clean chunk x̂ and u = (z - x̂) / max(t, x_prediction_min_t). One step from t = 1 to
        r = 0 returns x̂ itself. The network regresses a bounded, low-variance target (the normalized actions)
        instead of a velocity that mixes noise and data, which is what makes small-data policies fit.
+
+Where the loss is measured (`loss_space`):
+  'velocity': the error of V against e - x, the reference objective.
+  'data': that error times t. With x-prediction it is x - x̂ (+ t (t - r) du/dt on rows with r < t): the velocity
+       error is (x - x̂) / t there, so the velocity loss weighs a row by 1 / t^2 and the few nearly clean rows, whose
+       best guess is their own input, dominate every gradient; the data-space loss weighs all noise levels alike.
 """
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -17,6 +23,7 @@ from roboimi.vla.agent import VLAAgent
 
 LOSS_TYPES = ("mse", "pseudo_huber")
 PREDICTIONS = ("u", "x")
+LOSS_SPACES = ("velocity", "data")
 
 
 class IMFVLAAgent(VLAAgent):
@@ -30,12 +37,15 @@ class IMFVLAAgent(VLAAgent):
         pseudo_huber_delta: float = 1.0,
         prediction: str = "u",
         x_prediction_min_t: float = 1e-3,
+        loss_space: str = "velocity",
         **kwargs,
     ):
         if prediction not in PREDICTIONS:
             raise ValueError(f"Unsupported IMF prediction: {prediction!r}. Allowed values: 'u', 'x' (agent.prediction).")
         if not 0.0 < x_prediction_min_t <= 1.0:
             raise ValueError(f"x_prediction_min_t={x_prediction_min_t} must lie in (0, 1]: u = (z - x̂) / max(t, it).")
+        if loss_space not in LOSS_SPACES:
+            raise ValueError(f"Unsupported IMF loss_space: {loss_space!r}. Allowed values: 'velocity', 'data' (agent.loss_space).")
         if loss_type not in LOSS_TYPES:
             raise ValueError(
                 f"Unsupported IMF-AttnRes loss_type: {loss_type!r}. Allowed values: 'mse', 'pseudo_huber'."
@@ -50,6 +60,7 @@ class IMFVLAAgent(VLAAgent):
         self.pseudo_huber_delta = pseudo_huber_delta
         self.prediction = prediction
         self.x_prediction_min_t = x_prediction_min_t
+        self.loss_space = loss_space
 
     def _sample_tr(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logit-normal (t, r) per sample, each (B,) in x's dtype, with r <= t.
@@ -141,6 +152,8 @@ class IMFVLAAgent(VLAAgent):
         _, t_view = self._broadcast_batch_time(t, x)
         z_t = (1 - t_view) * x + t_view * e
         error = self._model_velocity(z_t, r, t, cond) - (e - x)
+        if self.loss_space == "data":
+            error = error * t_view
         return self._masked_mean(self._elementwise_loss(error), batch.get("action_is_pad"))
 
     def _sample_one_step(self, z: torch.Tensor, cond: torch.Tensor, r=0.0, t=1.0) -> torch.Tensor:

@@ -7,11 +7,20 @@ head). Variants: IMF 1 and 2 steps, DDIM 10 and 100 steps; both heads get the sa
 n_head. Everything runs in one process, interleaved round-robin (the starting variant rotates every round),
 so machine noise hits all variants alike; median and p90 over the timed rounds after warm-up.
 
+A second table times the eval fast paths of the vision encoders (roboimi.vla.fast_paths), each stage on copies of
+both agents with the stages above it applied: as built, BatchNorm folded into the convs, channels-last, and with
+--compile-encoder torch.compile of the encoders; then bf16 autocast on top (not exact, so reported apart). Per
+stage: the encoders alone (encode_observation), IMF-1 and DDIM-10 end to end, and the largest action difference
+from the as-built IMF-1 on the same noise. The encoders alone are also timed under torch.no_grad next to the
+torch.inference_mode that predict_action uses.
+
     python benchmarks/inference_latency.py
     python benchmarks/inference_latency.py --n-emb 384 --n-layer 18 --n-head 1 --repeats 30
+    python benchmarks/inference_latency.py --compile-encoder   # adds the compiled stage (compiles for minutes)
 """
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -32,6 +41,12 @@ from benchmarks.common import (  # noqa: E402
     synthetic_batch,
     timed_ms,
 )
+from roboimi.vla.fast_paths import (  # noqa: E402
+    bf16_autocast,
+    compile_encoder,
+    fuse_conv_batchnorm,
+    use_channels_last,
+)
 
 BASELINE = "DDIM-10"
 
@@ -51,15 +66,91 @@ class Variant:
     def head(self) -> torch.Tensor:
         return self.agent.sample_actions(self.cond, num_steps=self.steps, noise=self.noise)
 
+    def timers(self) -> dict:
+        return {"end_to_end": self.end_to_end, "head": self.head}
 
-def run_round_robin(variants: list[Variant], rounds: int, device: torch.device, record: bool) -> None:
-    measurements = [(v, kind) for v in variants for kind in v.times_ms]
+
+class Stage:
+    """Copies of both agents with the encoder fast paths `transforms` applied (the head is shared, not copied)."""
+
+    def __init__(self, name: str, imf, ddpm, transforms, obs: dict, noise: torch.Tensor, autocast: bool = False):
+        self.name, self.obs, self.noise, self.autocast = name, obs, noise, autocast
+        self.imf, self.ddpm = (copy.deepcopy(a, memo={id(a.noise_pred_net): a.noise_pred_net}) for a in (imf, ddpm))
+        for transform in transforms:
+            transform(self.imf)
+            transform(self.ddpm)
+        self.times_ms = {"encoder": [], "IMF-1": [], "DDIM-10": []}
+
+    def encoder(self) -> torch.Tensor:
+        with torch.inference_mode(), bf16_autocast(self.autocast, self.noise.device):
+            return self.imf.encode_observation(self.obs["images"], self.obs["qpos"])
+
+    def imf_one(self) -> torch.Tensor:
+        with bf16_autocast(self.autocast, self.noise.device):
+            return self.imf.predict_action(self.obs, num_steps=1, noise=self.noise)
+
+    def ddim_ten(self) -> torch.Tensor:
+        with bf16_autocast(self.autocast, self.noise.device):
+            return self.ddpm.predict_action(self.obs, num_steps=10, noise=self.noise)
+
+    def timers(self) -> dict:
+        return {"encoder": self.encoder, "IMF-1": self.imf_one, "DDIM-10": self.ddim_ten}
+
+
+class NoGradEncoder:
+    """The as-built encoders under torch.no_grad, the context predict_action used before torch.inference_mode."""
+
+    def __init__(self, stage: Stage):
+        self.stage = stage
+        self.times_ms = {"encoder": []}
+
+    def encoder(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.stage.imf.encode_observation(self.stage.obs["images"], self.stage.obs["qpos"])
+
+    def timers(self) -> dict:
+        return {"encoder": self.encoder}
+
+
+def run_round_robin(measured: list, rounds: int, device: torch.device, record: bool) -> None:
+    """`measured`: objects with `times_ms` {kind: list} and `timers()` {kind: fn}, all timed once per round."""
+    measurements = [(m, kind, fn) for m in measured for kind, fn in m.timers().items()]
     for i in range(rounds):
         shift = i % len(measurements)
-        for variant, kind in measurements[shift:] + measurements[:shift]:
-            elapsed = timed_ms(getattr(variant, kind), device)
+        for owner, kind, fn in measurements[shift:] + measurements[:shift]:
+            elapsed = timed_ms(fn, device)
             if record:
-                variant.times_ms[kind].append(elapsed)
+                owner.times_ms[kind].append(elapsed)
+
+
+def build_stages(imf, ddpm, obs: dict, noise: torch.Tensor, compile_encoders: bool) -> list[Stage]:
+    exact = [("as built", []), ("+ fused conv-BN", [fuse_conv_batchnorm]), ("+ channels-last", [use_channels_last])]
+    if compile_encoders:
+        exact.append(("+ compiled encoder", [compile_encoder]))
+    stages, transforms = [], []
+    for name, added in exact:
+        transforms = transforms + added
+        stages.append(Stage(name, imf, ddpm, transforms, obs, noise))
+    stages.append(Stage(f"{stages[-1].name}, bf16 autocast", imf, ddpm, transforms, obs, noise, autocast=True))
+    return stages
+
+
+def print_stages(stages: list[Stage], no_grad: NoGradEncoder) -> None:
+    reference = stages[0].imf_one()
+    header = (
+        f"{'encoder fast paths (cumulative)':<44} {'encoders (ms)':>14} {'IMF-1 e2e (ms)':>15} "
+        f"{'DDIM-10 e2e (ms)':>17} {'e2e DDIM-10 / IMF-1':>20} {'max |action diff|':>18}"
+    )
+    print(header)
+    print("-" * len(header))
+    print(f"{'as built, torch.no_grad':<44} {statistics.median(no_grad.times_ms['encoder']):>14.2f}")
+    for stage in stages:
+        m = {kind: statistics.median(times) for kind, times in stage.times_ms.items()}
+        diff = (stage.imf_one().float() - reference).abs().max().item()
+        print(
+            f"{stage.name:<44} {m['encoder']:>14.2f} {m['IMF-1']:>15.2f} {m['DDIM-10']:>17.2f} "
+            f"{m['DDIM-10'] / m['IMF-1']:>20.2f} {diff:>18.2e}"
+        )
 
 
 def main():
@@ -67,6 +158,9 @@ def main():
     add_model_arguments(parser, n_emb=256, n_layer=8, n_head=4)
     parser.add_argument("--repeats", type=int, default=30, help="timed rounds (each times every variant once)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
+    parser.add_argument(
+        "--compile-encoder", action="store_true", help="add the torch.compile stage of the encoders (compiles first)"
+    )
     args = parser.parse_args()
     if args.repeats < 1:
         raise ValueError(f"--repeats={args.repeats}: need at least 1 timed round (30 or more for a stable p90).")
@@ -83,6 +177,8 @@ def main():
         Variant("DDIM-10", ddpm, 10, obs, noise),
         Variant("DDIM-100", ddpm, 100, obs, noise),
     ]
+    stages = build_stages(imf, ddpm, obs, noise, args.compile_encoder)
+    no_grad = NoGradEncoder(stages[0])
 
     print(f"machine: {describe_machine(device, args.threads)}")
     print(
@@ -97,8 +193,8 @@ def main():
         f"{args.warmup} warm-up + {args.repeats} timed round-robin rounds"
     )
     start = time.perf_counter()
-    run_round_robin(variants, args.warmup, device, record=False)
-    run_round_robin(variants, args.repeats, device, record=True)
+    run_round_robin([*variants, *stages, no_grad], args.warmup, device, record=False)
+    run_round_robin([*variants, *stages, no_grad], args.repeats, device, record=True)
     print(f"measured in {time.perf_counter() - start:.0f} s\n")
 
     baseline = next(v for v in variants if v.name == BASELINE)
@@ -118,6 +214,8 @@ def main():
         )
     imf_one = next(v for v in variants if v.name == "IMF-1")
     print(f"IMF-1 vs DDIM-10 head latency ratio: {baseline_head_ms / statistics.median(imf_one.times_ms['head']):.2f}")
+    print()
+    print_stages(stages, no_grad)
 
 
 if __name__ == "__main__":

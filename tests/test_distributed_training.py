@@ -39,7 +39,7 @@ def sample_determined_imf_loss(agent, batch) -> torch.Tensor:
     z = 0.3 * x + 0.7 * e
     with torch.no_grad():
         v = agent.noise_pred_net(z, t, t, cond)
-    u, du_dt = agent._compute_u_and_du_dt(z, r, t, v, cond)
+    u, du_dt = agent.noise_pred_net(z, r, t, cond), agent._time_derivative(z, r, t, v, cond)
     return ((agent._compound_velocity(u, du_dt, t, r) - (e - x)) ** 2).mean()
 
 

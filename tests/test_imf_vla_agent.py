@@ -7,6 +7,7 @@ from unittest import mock
 import torch
 
 from roboimi.vla.agent_imf import IMFVLAAgent
+from roboimi.vla.fast_paths import attention_backends
 from roboimi.vla.models.backbones.resnet_diffusion import ResNetDiffusionBackbone
 from roboimi.vla.models.heads.imf_transformer1d import IMFTransformer1D
 from tests.agent_fixtures import ACTION_DIM, CAMS, OBS_DIM, OBS_HORIZON, PRED_HORIZON, STATS, HeadCalls, make_batch, make_obs
@@ -93,29 +94,31 @@ class JvpTest(unittest.TestCase):
         return (plus - minus) / (2 * h)
 
     def test_matches_finite_difference_along_v_0_1(self):
-        u, du_dt = self.agent._compute_u_and_du_dt(self.z, self.r, self.t, self.v, self.cond)
-        with torch.no_grad():
-            torch.testing.assert_close(u, self.agent.noise_pred_net(self.z, self.r, self.t, self.cond))
+        du_dt = self.agent._time_derivative(self.z, self.r, self.t, self.v, self.cond)
         torch.testing.assert_close(du_dt, self.central_difference(dr=0.0), atol=1e-8, rtol=1e-6)
         # Moving r as well gives a different derivative, so the check pins the (v, 0, 1) tangent.
         self.assertGreater((du_dt - self.central_difference(dr=1.0)).abs().max().item(), 1e-4)
 
-    def test_u_keeps_its_graph_and_du_dt_is_detached(self):
-        u, du_dt = self.agent._compute_u_and_du_dt(self.z, self.r, self.t, self.v, self.cond)
-        self.assertTrue(u.requires_grad)
-        self.assertFalse(du_dt.requires_grad)
+    def test_equals_torch_func_jvp(self):
+        with attention_backends(False, torch.device("cpu")):  # the CPU's fused attention has no forward AD
+            reference = torch.func.jvp(
+                lambda z, r, t: self.agent.noise_pred_net(z, r, t, self.cond),
+                (self.z, self.r, self.t),
+                (self.v, torch.zeros_like(self.r), torch.ones_like(self.t)),
+            )[1]
+        torch.testing.assert_close(self.agent._time_derivative(self.z, self.r, self.t, self.v, self.cond), reference)
 
-    def test_runs_on_cpu_in_train_mode_under_the_math_guard(self):
+    def test_du_dt_has_no_graph_and_runs_in_train_mode_under_the_math_guard(self):
         agent = make_imf_agent().train()
         flash_enabled = []
         hook = lambda *_: flash_enabled.append(torch.backends.cuda.flash_sdp_enabled())
         agent.noise_pred_net.register_forward_pre_hook(hook)
-        z, v, cond = self.z.float(), self.v.float(), self.cond.float()
-        u, du_dt = agent._compute_u_and_du_dt(z, self.r.float(), self.t.float(), v, cond)
+        z, v = self.z.float().requires_grad_(), self.v.float()
+        cond = self.cond.float().requires_grad_()
+        du_dt = agent._time_derivative(z, self.r.float(), self.t.float(), v, cond)
         self.assertEqual(flash_enabled, [False])
-        self.assertTrue(torch.isfinite(u).all() and torch.isfinite(du_dt).all())
-        u.sum().backward()
-        self.assertGreater(agent.noise_pred_net.head.weight.grad.abs().sum().item(), 0)
+        self.assertTrue(torch.isfinite(du_dt).all())
+        self.assertFalse(du_dt.requires_grad)  # inputs and weights require grad, the tangent pass records nothing
 
     def test_compound_velocity_stops_the_gradient_of_du_dt(self):
         u = torch.ones(2, PRED_HORIZON, ACTION_DIM, requires_grad=True)
@@ -145,10 +148,9 @@ class XPredictionTest(unittest.TestCase):
             torch.testing.assert_close(self.agent._average_velocity(self.z, self.r * 0, tiny_t, self.cond), self.u_by_hand(self.z, self.r * 0, tiny_t))
 
     def test_jvp_matches_finite_difference_of_the_parameterized_u(self):
-        u, du_dt = self.agent._compute_u_and_du_dt(self.z, self.r, self.t, self.v, self.cond)
+        du_dt = self.agent._time_derivative(self.z, self.r, self.t, self.v, self.cond)
         h = 1e-5
         with torch.no_grad():
-            torch.testing.assert_close(u, self.u_by_hand(self.z, self.r, self.t))
             plus = self.u_by_hand(self.z + h * self.v, self.r, self.t + h)
             minus = self.u_by_hand(self.z - h * self.v, self.r, self.t - h)
         torch.testing.assert_close(du_dt, (plus - minus) / (2 * h), atol=1e-7, rtol=1e-6)
@@ -227,7 +229,8 @@ class LossTest(unittest.TestCase):
         self.assertNotAlmostEqual(seeded_loss(agent, real_changed).item(), base, places=4)
 
     def test_split_rows_give_the_loss_and_gradients_of_the_jvp_on_every_row(self):
-        """r = t rows skip the v pass and the JVP; with dropout off nothing else may change."""
+        """One forward for u, the v pass and a graph-free JVP on the r < t rows only; with dropout off the loss and
+        its gradients are those of one JVP with autograd on every row."""
         batch = make_batch(batch=4)
         for proportion in (0.0, 0.5, 1.0):
             for prediction in ("u", "x"):
@@ -236,7 +239,7 @@ class LossTest(unittest.TestCase):
                     loss = seeded_loss(agent, batch)
                     grads = torch.autograd.grad(loss, list(agent.noise_pred_net.parameters())[1:])
 
-                    torch.manual_seed(0)  # every row through the JVP, as the objective is written
+                    torch.manual_seed(0)  # every row through one JVP with autograd, as the objective is written
                     x = agent._normalize_action(batch["action"])
                     cond = agent.encode_observation(batch["images"], batch["qpos"])
                     e = torch.randn_like(x)
@@ -244,8 +247,13 @@ class LossTest(unittest.TestCase):
                     z_t = (1 - t[:, None, None]) * x + t[:, None, None] * e
                     with torch.no_grad():
                         v = agent._average_velocity(z_t, t, t, cond)
-                    u, du_dt = agent._compute_u_and_du_dt(z_t, r, t, v, cond)
-                    error = agent._compound_velocity(u, du_dt, t, r) - (e - x)
+                    with attention_backends(False, torch.device("cpu")):
+                        u, du_dt = torch.func.jvp(
+                            lambda z, r_, t_: agent._average_velocity(z, r_, t_, cond),
+                            (z_t, r, t),
+                            (v, torch.zeros_like(r), torch.ones_like(t)),
+                        )
+                    error = u + (t - r)[:, None, None] * du_dt.detach() - (e - x)
                     expected = agent._masked_mean(error**2, batch["action_is_pad"])
                     expected_grads = torch.autograd.grad(expected, list(agent.noise_pred_net.parameters())[1:])
 
@@ -354,6 +362,18 @@ class QueueTest(unittest.TestCase):
         torch.manual_seed(5)
         chunk = agent.predict_action(batch)
         torch.testing.assert_close(torch.stack(executed[:3]), chunk[0, OBS_HORIZON - 1 : OBS_HORIZON + 2])
+
+    def test_frame_history_reuses_one_buffer_and_shifts_in_order(self):
+        agent = make_imf_agent(obs_horizon=3, pred_horizon=8).eval()
+        agent.reset()
+        agent._populate_queues(make_obs(1))
+        first = agent._prepare_observation_batch()["images"][CAMS[0]]
+        self.assertEqual(first[0, :, 0, 0, 0].tolist(), [1, 1, 1])  # the first frame fills the history
+        for value in (2, 3, 4):
+            agent._populate_queues(make_obs(value))
+        latest = agent._prepare_observation_batch()["images"][CAMS[0]]
+        self.assertEqual(latest[0, :, 0, 0, 0].tolist(), [2, 3, 4])
+        self.assertEqual(latest.data_ptr(), first.data_ptr())  # no allocation per step
 
 
 if __name__ == "__main__":

@@ -26,6 +26,28 @@ def _append_filling(queue: deque, item) -> None:
         queue.append(item)
 
 
+class FrameHistory:
+    """The last `length` frames of one camera, oldest first, in one uint8 buffer `frames` (length, H, W, 3).
+
+    The buffer is allocated once per episode: a rollout step copies its frame in and shifts the older ones down, so
+    queueing allocates nothing. The first frame after reset fills every slot (it stands in for the history).
+    """
+
+    def __init__(self, length: int, height: int, width: int):
+        self.frames = torch.zeros(length, height, width, 3, dtype=torch.uint8)
+        self._slots = self.frames.numpy()  # the same memory; numpy copies flipped (negative-stride) renders as they are
+        self._empty = True
+
+    def append(self, frame: np.ndarray) -> None:
+        if self._empty:
+            self._slots[:] = frame
+            self._empty = False
+            return
+        for older, newer in zip(self._slots[:-1], self._slots[1:]):  # oldest first, so no slot is read after overwrite
+            older[...] = newer
+        self._slots[-1] = frame
+
+
 class VLAAgent(nn.Module):
     def __init__(
         self,
@@ -202,7 +224,7 @@ class VLAAgent(nn.Module):
             raise ValueError(f"noise has shape {tuple(noise.shape)}; expected (B, pred_horizon, action_dim) = {shape}.")
         return noise.to(device=cond.device, dtype=cond.dtype)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (no_grad still tracks versions and views)
     def predict_action(
         self, obs_batch: Mapping, num_steps: int | None = None, noise: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -214,7 +236,7 @@ class VLAAgent(nn.Module):
         cond = self.encode_observation(obs_batch["images"], obs_batch["qpos"])
         return self.unnormalize_action(self.sample_actions(cond, num_steps, noise))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample_actions(self, cond: torch.Tensor, num_steps: int | None = None, noise: torch.Tensor | None = None):
         """DDIM from noise: cond (B, obs_horizon, cond_dim) -> normalized actions (B, pred_horizon, A)."""
         batch_size = cond.shape[0]
@@ -230,9 +252,10 @@ class VLAAgent(nn.Module):
 
     def reset(self) -> None:
         """Empty the observation and action queues; call on every environment reset."""
+        height, width = self.observation_spec.image_shape or (0, 0)  # a state-only agent has no cameras
         self._queues = {
             "qpos": deque(maxlen=self.obs_horizon),
-            "images": {cam: deque(maxlen=self.obs_horizon) for cam in self.camera_names},
+            "images": {cam: FrameHistory(self.obs_horizon, height, width) for cam in self.camera_names},
             "action": deque(maxlen=self.num_action_steps),
         }
         self.last_preprocess_ms = 0.0
@@ -246,25 +269,25 @@ class VLAAgent(nn.Module):
                 f"The observation's state {list(self.observation_spec.state_keys)} has shape {tuple(qpos.shape)}; "
                 f"the agent expects ({self.obs_dim},) (obs_dim). Check that the environment matches the training data."
             )
-        # Rendered frames are often flipped views (negative strides), which torch cannot wrap.
-        frames = {cam: torch.as_tensor(np.ascontiguousarray(obs["images"][cam])) for cam in self.camera_names}
+        frames = {cam: np.asarray(obs["images"][cam]) for cam in self.camera_names}
         for cam, frame in frames.items():
-            if frame.dtype != torch.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
+            if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
                 raise ValueError(
                     f"obs['images'][{cam!r}] must be a uint8 (H, W, 3) array, got {frame.dtype} {tuple(frame.shape)}."
                 )
         _append_filling(self._queues["qpos"], qpos)
         for cam, frame in frames.items():
-            _append_filling(self._queues["images"][cam], frame)
+            self._queues["images"][cam].append(frame)
 
     def _prepare_observation_batch(self) -> dict:
         """Queues -> {'images': {cam: uint8 (1, obs_horizon, 3, H, W)}, 'qpos': (1, obs_horizon, obs_dim)}.
 
-        Without cameras 'images' is {} (a state-only backbone has no input_shape).
+        Without cameras 'images' is {} (a state-only backbone has no input_shape). On CPU the images are views of
+        the frame histories (channels-last strides, as conv trunks like them), valid until the next observation.
         """
         images = {}
         for cam in self.camera_names:
-            frames = torch.stack(list(self._queues["images"][cam])).permute(0, 3, 1, 2)  # (T, 3, H, W)
+            frames = self._queues["images"][cam].frames.permute(0, 3, 1, 2)  # (T, 3, H, W)
             images[cam] = frames.unsqueeze(0).to(self._device)
         qpos = torch.stack(list(self._queues["qpos"])).unsqueeze(0).to(self._device)
         return {"images": images, "qpos": qpos}

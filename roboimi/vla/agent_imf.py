@@ -93,18 +93,22 @@ class IMFVLAAgent(VLAAgent):
         _, t_view = self._broadcast_batch_time(t, z)
         return (z - out) / t_view.clamp(min=self.x_prediction_min_t)
 
-    def _compute_u_and_du_dt(
+    def _time_derivative(
         self, z_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor, v: torch.Tensor, cond: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """u(z_t, r, t | cond) with its graph, and the detached total derivative along (dz, dr, dt) = (v, 0, 1)."""
+    ) -> torch.Tensor:
+        """du/dt (B, pred_horizon, A) along (dz, dr, dt) = (v, 0, 1) at (z_t, r, t), without a graph.
 
-        def average_velocity(z, r_, t_):
-            return self._average_velocity(z, r_, t_, cond)
+        du/dt enters the loss only through a stop-gradient, so the JVP runs under no_grad: autograd records none of
+        its tangent ops, which a JVP through the trainable weights would otherwise keep for the backward pass.
+        r is closed over, which is the zero tangent along r.
+        """
+
+        def average_velocity(z, t_):
+            return self._average_velocity(z, r, t_, cond)
 
         # Fused SDPA kernels have no forward-mode derivative; the math backend does, on every device.
-        with sdpa_kernel(SDPBackend.MATH):
-            u, du_dt = torch.func.jvp(average_velocity, (z_t, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
-        return u, du_dt.detach()
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            return torch.func.jvp(average_velocity, (z_t, t), (v, torch.ones_like(t)))[1]
 
     def _compound_velocity(
         self, u: torch.Tensor, du_dt: torch.Tensor, t: torch.Tensor, r: torch.Tensor
@@ -123,27 +127,26 @@ class IMFVLAAgent(VLAAgent):
     def _model_velocity(self, z_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Compound velocity V (B, pred_horizon, A) of every row, with gradients through u.
 
-        Rows with r = t have V = u(z, t, t): (t - r) du/dt vanishes, so they take one forward pass. Only the rows
-        with r < t pay for the v pass and the JVP. Loss and gradients equal those of the JVP on every row.
+        u of all rows comes from one forward pass with a graph (one batch: cheaper than a pass per row group).
+        Rows with r = t need no du/dt, as (t - r) du/dt vanishes; the rows with r < t get the v pass and the
+        graph-free JVP. Loss and gradients equal those of the reference JVP with autograd on every row; with dropout
+        on, u and du/dt see different dropout masks (in the reference they share one).
         """
-        still, moving = (r == t).nonzero().squeeze(1), (r < t).nonzero().squeeze(1)
-        parts = []
-        if still.numel():
-            parts.append(self._average_velocity(z_t[still], t[still], t[still], cond[still]))
-        if moving.numel():
-            z, r_m, t_m, cond_m = z_t[moving], r[moving], t[moving], cond[moving]
-            with torch.no_grad():
-                v = self._average_velocity(z, t_m, t_m, cond_m)  # u(z, t, t) = instantaneous velocity
-            u, du_dt = self._compute_u_and_du_dt(z, r_m, t_m, v, cond_m)
-            parts.append(self._compound_velocity(u, du_dt, t_m, r_m))
-        order = torch.cat([still, moving])
-        return torch.cat(parts)[torch.argsort(order)]
+        u = self._average_velocity(z_t, r, t, cond)
+        moving = (r < t).nonzero().squeeze(1)
+        if not moving.numel():
+            return u
+        z, r_m, t_m, cond_m = z_t[moving], r[moving], t[moving], cond[moving]
+        with torch.no_grad():
+            v = self._average_velocity(z, t_m, t_m, cond_m)  # u(z, t, t) = instantaneous velocity
+        du_dt = torch.zeros_like(u).index_copy_(0, moving, self._time_derivative(z, r_m, t_m, v, cond_m))
+        return self._compound_velocity(u, du_dt, t, r)
 
     def compute_loss(self, batch) -> torch.Tensor:
         """iMF objective on a dataset batch (raw qpos/action, uint8 images) -> scalar loss.
 
-        RNG order: condition encoder (crops), e, t draws, r draws, dropout of the r = t rows' pass, of the v pass
-        and of the JVP pass.
+        RNG order: condition encoder (crops), e, t draws, r draws, dropout of the pass for u, of the v pass and of
+        the JVP pass.
         """
         x = self._normalize_action(batch["action"].to(self._device).float())  # (B, pred_horizon, A)
         cond = self.encode_observation(batch["images"], batch["qpos"])  # (B, obs_horizon, cond_dim), with gradients
@@ -162,7 +165,7 @@ class IMFVLAAgent(VLAAgent):
         t_batch, t_view = self._broadcast_batch_time(t, z)
         return z - (t_view - r_view) * self._average_velocity(z, r_batch, t_batch, cond)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample_actions(self, cond: torch.Tensor, num_steps: int | None = None, noise: torch.Tensor | None = None):
         """`num_steps` (default `inference_steps`) mean-velocity steps on linspace(1, 0):
         cond (B, obs_horizon, cond_dim) -> normalized actions (B, pred_horizon, A)."""

@@ -27,7 +27,7 @@ from roboimi.vla import CONFIG_DIR
 from roboimi.vla.checkpoint import build_agent_from_checkpoint, load_checkpoint
 from roboimi.vla.evaluation import evaluate_agent
 from roboimi.vla.experiment_logger import ExperimentLogger
-from roboimi.vla.fast_paths import compile_head
+from roboimi.vla.fast_paths import apply_eval_fast_paths
 from roboimi.vla.runtime import resolve_device
 
 CONFIG_NAME = "eval_vla"
@@ -102,8 +102,8 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> dict:
     if cfg.eval.task is None:
         raise ValueError("The checkpoint has no built-in task to evaluate in (eval.task is null). Pass eval.task=sim_transfer or another registered task.")
     output_dir = Path(cfg.eval.output_dir or run_dir_of(ckpt_path) / "eval")
-    if cfg.eval.compile_head:
-        compile_head(agent)
+    agent.eval()  # the fast paths fold frozen statistics; the evaluator acts in eval mode anyway
+    apply_eval_fast_paths(agent, cfg.eval)
     summary = evaluate_agent(
         agent, cfg, num_episodes=cfg.eval.num_episodes, output_dir=output_dir, record_video=cfg.eval.record_video
     )

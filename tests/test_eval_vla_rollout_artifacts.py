@@ -104,7 +104,10 @@ class EvalVLAArtifactsTest(unittest.TestCase):
         self.assertEqual((eval_log[0]["step"], eval_log[0]["eval/success_rate"]), (2, 0.0))
 
     def test_unknown_key_is_rejected_with_usage(self):
-        allowed = r"sets only ckpt_path, device, agent.inference_steps and eval.<key> for <key> in: task, num_episodes"
+        allowed = (
+            r"sets only ckpt_path, device, agent.inference_steps, agent.num_action_steps, agent.temporal_ensemble_coeff "
+            r"and eval.<key> for <key> in: task, num_episodes"
+        )
         with self.assertRaisesRegex(SystemExit, r"unknown keys: \['train.lr'\]\. .*" + allowed):
             eval_vla.main([f"ckpt_path={self.ckpt}", "train.lr=1"])
         with self.assertRaisesRegex(SystemExit, r"unknown keys: \['eval.num_episode'\]"):  # a typo of an eval key
@@ -133,7 +136,8 @@ class EvalCommandLineTest(unittest.TestCase):
             result = run_script(["--cfg", "job", "eval.num_episodes=3", "agent.inference_steps=1"], Path(tmp))
             self.assertEqual(result.returncode, 0, result.stderr)
             printed = yaml.safe_load(result.stdout)
-            self.assertEqual((printed["ckpt_path"], printed["device"], printed["agent"]), ("???", "auto", {"inference_steps": 1}))
+            self.assertEqual((printed["ckpt_path"], printed["device"]), ("???", "auto"))
+            self.assertEqual(printed["agent"], {"inference_steps": 1, "num_action_steps": None, "temporal_ensemble_coeff": None})
             self.assertEqual((printed["eval"]["num_episodes"], printed["eval"]["seed"]), (3, 1000))
 
             result = run_script(["ckpt_path=missing.pt", "train.lr=1"], Path(tmp))
@@ -164,6 +168,10 @@ class EvalCommandLineTest(unittest.TestCase):
         argv = ["ckpt_path=x.pt", "agent.inference_steps=null"]  # null: the checkpoint's, as --help says
         config = eval_vla.checkpoint_config(eval_vla.compose_config(argv), stored, eval_vla.override_keys(argv))
         self.assertEqual(config["agent"]["inference_steps"], 10)
+        # How the policy acts may change at evaluation; a key the checkpoint lacks is added.
+        argv = ["ckpt_path=x.pt", "agent.num_action_steps=4", "agent.temporal_ensemble_coeff=0.01"]
+        config = eval_vla.checkpoint_config(eval_vla.compose_config(argv), stored, eval_vla.override_keys(argv))
+        self.assertEqual(config["agent"], {"inference_steps": 10, "pred_horizon": 16, "num_action_steps": 4, "temporal_ensemble_coeff": 0.01})
 
 
 if __name__ == "__main__":

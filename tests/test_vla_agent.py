@@ -195,6 +195,25 @@ class QueueTest(unittest.TestCase):
         chunk = agent.predict_action(agent._prepare_observation_batch())
         torch.testing.assert_close(torch.stack(executed[:3]), chunk[0, OBS_HORIZON - 1 : OBS_HORIZON - 1 + 3])
 
+    def test_temporal_ensembling_replans_every_step_and_averages_the_chunks(self):
+        agent = make_agent(inference_steps=1, temporal_ensemble_coeff=0.0).eval()  # 0: a plain mean
+        recorder = HeadCalls(agent.noise_pred_net)
+        agent.reset()
+        torch.manual_seed(5)
+        executed = [agent.select_action(make_obs(step)) for step in range(3)]
+        self.assertEqual(len(recorder.calls), 3)  # one plan per step, whatever num_action_steps says
+
+        # The same plans by hand: chunk s covers steps s, s + 1, ... from index obs_horizon - 1 of the prediction.
+        agent.reset()
+        torch.manual_seed(5)
+        chunks = []
+        for step in range(3):
+            agent._populate_queues(make_obs(step))
+            chunks.append(agent.predict_action(agent._prepare_observation_batch())[0, OBS_HORIZON - 1 :])
+        expected = (chunks[0][2] + chunks[1][1] + chunks[2][0]) / 3
+        torch.testing.assert_close(executed[2], expected)
+        self.assertFalse(torch.allclose(executed[2], chunks[2][0]))  # not just the newest plan
+
     def test_reset_starts_a_new_plan(self):
         agent = make_agent(inference_steps=1).eval()
         recorder = HeadCalls(agent.noise_pred_net)

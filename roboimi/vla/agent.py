@@ -15,6 +15,7 @@ from torch import nn
 
 from roboimi.vla.data import normalize_minmax, unnormalize_minmax
 from roboimi.vla.observation_spec import ObservationSpec
+from roboimi.vla.temporal_ensemble import TemporalEnsembler
 
 NORMALIZATION_KEYS = ("qpos_min", "qpos_max", "action_min", "action_max")
 
@@ -66,6 +67,7 @@ class VLAAgent(nn.Module):
         clip_sample: bool = True,
         prediction_type: str = "epsilon",
         normalization_stats: Mapping | None = None,
+        temporal_ensemble_coeff: float | None = None,
     ):
         super().__init__()
         max_action_steps = pred_horizon - obs_horizon + 1
@@ -89,6 +91,12 @@ class VLAAgent(nn.Module):
         self.obs_horizon = obs_horizon
         self.pred_horizon = pred_horizon
         self.num_action_steps = num_action_steps
+        # With temporal ensembling the policy re-plans at every step and num_action_steps is not used.
+        self.temporal_ensembler = (
+            None
+            if temporal_ensemble_coeff is None
+            else TemporalEnsembler(temporal_ensemble_coeff, horizon=pred_horizon - obs_horizon + 1)
+        )
         self.inference_steps = inference_steps
         # What the policy observes; the dataset builder and the evaluator follow it, and it is checked here only.
         self.observation_spec = ObservationSpec(camera_names, vision_backbone.input_shape, state_keys)
@@ -258,6 +266,8 @@ class VLAAgent(nn.Module):
             "images": {cam: FrameHistory(self.obs_horizon, height, width) for cam in self.camera_names},
             "action": deque(maxlen=self.num_action_steps),
         }
+        if self.temporal_ensembler is not None:
+            self.temporal_ensembler.reset()
         self.last_preprocess_ms = 0.0
 
     def _populate_queues(self, obs: Mapping) -> None:
@@ -294,17 +304,21 @@ class VLAAgent(nn.Module):
 
     def select_action(self, obs: Mapping) -> torch.Tensor:
         """One env step: an env observation {<state key>: (d,) for each of the spec's state_keys, 'images': {cam:
-        uint8 (H, W, 3)}} -> action (action_dim,) float32 on CPU. Re-plans every `num_action_steps` calls.
+        uint8 (H, W, 3)}} -> action (action_dim,) float32 on CPU. Re-plans every `num_action_steps` calls, or at
+        every call with temporal ensembling (the weighted mean of every chunk's prediction for this step).
 
         `last_preprocess_ms` reports the queueing and batching time, which the rollout evaluator splits out
         of the inference time.
         """
         start = time.perf_counter()
         self._populate_queues(obs)
-        batch = self._prepare_observation_batch() if not self._queues["action"] else None
+        replan = self.temporal_ensembler is not None or not self._queues["action"]
+        batch = self._prepare_observation_batch() if replan else None
         self.last_preprocess_ms = (time.perf_counter() - start) * 1e3
         if batch is not None:
             chunk = self.predict_action(batch)  # (1, pred_horizon, A)
             current = self.obs_horizon - 1  # index of the current step in the chunk
+            if self.temporal_ensembler is not None:
+                return self.temporal_ensembler.update(chunk[0, current:]).float().cpu()
             self._queues["action"].extend(chunk[0, current : current + self.num_action_steps])
         return self._queues["action"].popleft().float().cpu()

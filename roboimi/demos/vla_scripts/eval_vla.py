@@ -4,9 +4,10 @@
 
 A Hydra program like train_vla.py over the root config roboimi/vla/conf/eval_vla.yaml: `--help` lists the keys,
 `--cfg job` prints what a command line composes, and nothing but the evaluation's own output is written (no outputs/
-dir). The agent is rebuilt from the checkpoint alone (config, weights, normalization stats). Any `eval.*` key,
-`agent.inference_steps` and `device` can be set; a key set on the command line wins over the checkpoint's stored
-value, and the rest of the stored config is used as trained.
+dir). The agent is rebuilt from the checkpoint alone (config, weights, normalization stats). Any `eval.*` key, `device`
+and how the policy acts (`agent.inference_steps`, `agent.num_action_steps`, `agent.temporal_ensemble_coeff`) can be
+set; a key set on the command line wins over the checkpoint's stored value, and the rest of the stored config is used
+as trained.
 Rollouts act with the EMA weights when the checkpoint has them; `eval.use_ema=false` evaluates the trained weights.
 Writes <output_dir>/summary.json (success_rate, mean_return, num_episodes, mean_inference_ms, weights, per-episode
 entries).
@@ -32,9 +33,12 @@ from roboimi.vla.runtime import resolve_device
 
 CONFIG_NAME = "eval_vla"
 EVAL_DEFAULTS = CONFIG_DIR / "eval" / "eval.yaml"
+# How the trained policy acts (sampling steps, executed window, temporal ensembling): settable, null = stored.
+AGENT_KEYS = tuple(f"agent.{key}" for key in OmegaConf.load(CONFIG_DIR / f"{CONFIG_NAME}.yaml").agent)
 USAGE = (
     "usage: eval_vla.py ckpt_path=<file.pt> [eval.num_episodes=N] [eval.output_dir=DIR] [eval.<key>=...] "
-    "[agent.inference_steps=N] [device=auto|cpu|cuda] (eval_vla.py --help lists the eval keys)"
+    "[agent.inference_steps=N] [agent.num_action_steps=N] [agent.temporal_ensemble_coeff=C] [device=auto|cpu|cuda] "
+    "(eval_vla.py --help lists the eval keys)"
 )
 
 
@@ -49,13 +53,13 @@ def override_keys(overrides: Sequence[str]) -> list[str]:
     except OverrideParseException as error:
         raise SystemExit(f"{error}\n{USAGE}") from None
     eval_keys = list(OmegaConf.load(EVAL_DEFAULTS))
-    settable = ["ckpt_path", "device", "agent.inference_steps", *(f"eval.{key}" for key in eval_keys)]
+    settable = ["ckpt_path", "device", *AGENT_KEYS, *(f"eval.{key}" for key in eval_keys)]
     keys = [o.key_or_group for o in parsed if not o.key_or_group.startswith(("hydra.", "hydra/"))]
     unknown = [key for key in keys if key not in settable]
     if unknown:
         raise SystemExit(
             f"unknown keys: {unknown}. eval_vla.py uses the checkpoint's stored config as trained and sets only "
-            f"ckpt_path, device, agent.inference_steps and eval.<key> for <key> in: {', '.join(eval_keys)}.\n{USAGE}"
+            f"ckpt_path, device, {', '.join(AGENT_KEYS)} and eval.<key> for <key> in: {', '.join(eval_keys)}.\n{USAGE}"
         )
     return keys
 
@@ -76,7 +80,7 @@ def checkpoint_config(cfg: DictConfig, stored: dict, overridden: Sequence[str]) 
     set_here = OmegaConf.create()
     for key in overridden:
         value = OmegaConf.select(cfg, key)
-        if key.startswith("eval.") or (key == "agent.inference_steps" and value is not None):  # null = the stored one
+        if key.startswith("eval.") or (key in AGENT_KEYS and value is not None):  # null = the stored one
             OmegaConf.update(set_here, key, value)
     merged = OmegaConf.merge({"eval": OmegaConf.to_container(cfg.eval)}, stored, set_here)
     return OmegaConf.to_container(merged, resolve=True)

@@ -11,8 +11,9 @@ A second table times the eval fast paths of the vision encoders (roboimi.vla.fas
 both agents with the stages above it applied: as built, BatchNorm folded into the convs, channels-last, and with
 --compile-encoder torch.compile of the encoders; then bf16 autocast on top (not exact, so reported apart). Per
 stage: the encoders alone (encode_observation), IMF-1 and DDIM-10 end to end, and the largest action difference
-from the as-built IMF-1 on the same noise. The encoders alone are also timed under torch.no_grad next to the
-torch.inference_mode that predict_action uses.
+from the as-built IMF-1 on the same noise; and a plan inside a rollout (`select_action` at a re-planning step), where
+the agent encoded the older frame in the step before, so the plan encodes one frame per camera. The encoders alone are
+also timed under torch.no_grad next to the torch.inference_mode that predict_action uses.
 
     python benchmarks/inference_latency.py
     python benchmarks/inference_latency.py --n-emb 384 --n-layer 18 --n-head 1 --repeats 30
@@ -41,6 +42,7 @@ from benchmarks.common import (  # noqa: E402
     synthetic_batch,
     timed_ms,
 )
+from roboimi.vla.evaluation import AgentPolicy  # noqa: E402
 from roboimi.vla.fast_paths import (  # noqa: E402
     bf16_autocast,
     compile_encoder,
@@ -112,12 +114,47 @@ class NoGradEncoder:
         return {"encoder": self.encoder}
 
 
+class RolloutPlan:
+    """The latency of a plan inside a rollout: `select_action` at a re-planning step of the stage's agents, whose
+    older frames were encoded in the steps before, as a rollout does. The steps between two plans run untimed."""
+
+    def __init__(self, stage: Stage, obs: dict):
+        # One env observation: the newest frame of each camera (H, W, 3) and the state (14,).
+        self.env_obs = {
+            "images": {cam: frames[0, -1].permute(1, 2, 0).cpu().numpy() for cam, frames in obs["images"].items()},
+            "qpos": obs["qpos"][0, -1].cpu().numpy(),
+        }
+        # The rollout-side policies, inside the stage's autocast as the evaluator runs them.
+        self.policies = {
+            kind: AgentPolicy(agent, bf16_autocast=stage.autocast)
+            for kind, agent in (("IMF-1 plan", stage.imf), ("DDIM-10 plan", stage.ddpm))
+        }
+        for policy in self.policies.values():
+            policy.reset()
+        self.planned = set()  # the kinds whose agent has planned once: it plans again num_action_steps calls later
+        self.times_ms = {kind: [] for kind in self.policies}
+
+    def prepare(self, kind: str) -> None:
+        """Step the agent until its next call plans (a fresh agent plans at its first call)."""
+        policy = self.policies[kind]
+        if kind in self.planned:
+            for _ in range(policy.agent.num_action_steps - 1):
+                policy.select_action(self.env_obs)
+        self.planned.add(kind)
+
+    def timers(self) -> dict:
+        return {kind: lambda policy=policy: policy.select_action(self.env_obs) for kind, policy in self.policies.items()}
+
+
 def run_round_robin(measured: list, rounds: int, device: torch.device, record: bool) -> None:
-    """`measured`: objects with `times_ms` {kind: list} and `timers()` {kind: fn}, all timed once per round."""
+    """`measured`: objects with `times_ms` {kind: list} and `timers()` {kind: fn}, all timed once per round; an
+    object's `prepare(kind)`, where it has one, runs untimed before each timing."""
     measurements = [(m, kind, fn) for m in measured for kind, fn in m.timers().items()]
     for i in range(rounds):
         shift = i % len(measurements)
         for owner, kind, fn in measurements[shift:] + measurements[:shift]:
+            if hasattr(owner, "prepare"):
+                owner.prepare(kind)
             elapsed = timed_ms(fn, device)
             if record:
                 owner.times_ms[kind].append(elapsed)
@@ -135,21 +172,25 @@ def build_stages(imf, ddpm, obs: dict, noise: torch.Tensor, compile_encoders: bo
     return stages
 
 
-def print_stages(stages: list[Stage], no_grad: NoGradEncoder) -> None:
+def print_stages(stages: list[Stage], no_grad: NoGradEncoder, plans: list[RolloutPlan]) -> None:
+    """End to end from a full observation batch (predict_action), and a plan inside a rollout (select_action),
+    where the older frame was encoded in the step before."""
     reference = stages[0].imf_one()
     header = (
         f"{'encoder fast paths (cumulative)':<44} {'encoders (ms)':>14} {'IMF-1 e2e (ms)':>15} "
-        f"{'DDIM-10 e2e (ms)':>17} {'e2e DDIM-10 / IMF-1':>20} {'max |action diff|':>18}"
+        f"{'DDIM-10 e2e (ms)':>17} {'e2e DDIM-10 / IMF-1':>20} {'IMF-1 plan (ms)':>16} {'DDIM-10 plan (ms)':>18} "
+        f"{'plan DDIM-10 / IMF-1':>21} {'max |action diff|':>18}"
     )
     print(header)
     print("-" * len(header))
     print(f"{'as built, torch.no_grad':<44} {statistics.median(no_grad.times_ms['encoder']):>14.2f}")
-    for stage in stages:
-        m = {kind: statistics.median(times) for kind, times in stage.times_ms.items()}
+    for stage, plan in zip(stages, plans):
+        m = {kind: statistics.median(times) for kind, times in {**stage.times_ms, **plan.times_ms}.items()}
         diff = (stage.imf_one().float() - reference).abs().max().item()
         print(
             f"{stage.name:<44} {m['encoder']:>14.2f} {m['IMF-1']:>15.2f} {m['DDIM-10']:>17.2f} "
-            f"{m['DDIM-10'] / m['IMF-1']:>20.2f} {diff:>18.2e}"
+            f"{m['DDIM-10'] / m['IMF-1']:>20.2f} {m['IMF-1 plan']:>16.2f} {m['DDIM-10 plan']:>18.2f} "
+            f"{m['DDIM-10 plan'] / m['IMF-1 plan']:>21.2f} {diff:>18.2e}"
         )
 
 
@@ -179,6 +220,7 @@ def main():
     ]
     stages = build_stages(imf, ddpm, obs, noise, args.compile_encoder)
     no_grad = NoGradEncoder(stages[0])
+    plans = [RolloutPlan(stage, obs) for stage in stages]
 
     print(f"machine: {describe_machine(device, args.threads)}")
     print(
@@ -193,8 +235,8 @@ def main():
         f"{args.warmup} warm-up + {args.repeats} timed round-robin rounds"
     )
     start = time.perf_counter()
-    run_round_robin([*variants, *stages, no_grad], args.warmup, device, record=False)
-    run_round_robin([*variants, *stages, no_grad], args.repeats, device, record=True)
+    run_round_robin([*variants, *stages, no_grad, *plans], args.warmup, device, record=False)
+    run_round_robin([*variants, *stages, no_grad, *plans], args.repeats, device, record=True)
     print(f"measured in {time.perf_counter() - start:.0f} s\n")
 
     baseline = next(v for v in variants if v.name == BASELINE)
@@ -215,7 +257,7 @@ def main():
     imf_one = next(v for v in variants if v.name == "IMF-1")
     print(f"IMF-1 vs DDIM-10 head latency ratio: {baseline_head_ms / statistics.median(imf_one.times_ms['head']):.2f}")
     print()
-    print_stages(stages, no_grad)
+    print_stages(stages, no_grad, plans)
 
 
 if __name__ == "__main__":

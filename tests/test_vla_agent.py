@@ -195,6 +195,26 @@ class QueueTest(unittest.TestCase):
         chunk = agent.predict_action(agent._prepare_observation_batch())
         torch.testing.assert_close(torch.stack(executed[:3]), chunk[0, OBS_HORIZON - 1 : OBS_HORIZON - 1 + 3])
 
+    def test_each_frame_is_encoded_once_and_before_the_plan_that_needs_it(self):
+        agent = make_agent(inference_steps=2).eval()  # obs_horizon 2, 3 executed actions: plans at steps 0 and 3
+        frames_per_encoding = []
+        agent.vision_backbone.register_forward_pre_hook(lambda _, args: frames_per_encoding.append(args[0]["top"].shape[1]))
+        agent.reset()
+        torch.manual_seed(4)
+        executed = [agent.select_action(make_obs(step)) for step in range(4)]
+        # Step 0 encodes the history (its first frame twice), step 2 its own frame ahead of the plan at step 3,
+        # which then encodes only frame 3.
+        self.assertEqual(frames_per_encoding, [2, 1, 1])
+
+        torch.manual_seed(4)
+        noise = [torch.randn(1, PRED_HORIZON, ACTION_DIM) for _ in range(2)]  # the draws of the two plans
+        frames = [make_obs(step) for step in (2, 3)]
+        batch = {
+            "images": {cam: torch.stack([torch.from_numpy(f["images"][cam]) for f in frames]).permute(0, 3, 1, 2)[None] for cam in CAMS},
+            "qpos": torch.tensor(np.stack([f["qpos"] for f in frames]), dtype=torch.float32)[None],
+        }
+        torch.testing.assert_close(executed[3], agent.predict_action(batch, noise=noise[1])[0, OBS_HORIZON - 1])
+
     def test_temporal_ensembling_replans_every_step_and_averages_the_chunks(self):
         agent = make_agent(inference_steps=1, temporal_ensemble_coeff=0.0).eval()  # 0: a plain mean
         recorder = HeadCalls(agent.noise_pred_net)

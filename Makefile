@@ -14,9 +14,11 @@ DATA_CONFIG ?= $(TASK)_state
 TRAIN ?= state
 CAMERAS ?= []
 IMAGE_SIZE ?= [96,96]
-EPISODES ?= 50
+# Training demos: insertion's millimetre fit needs 200.
+EPISODES ?= $(if $(filter sim_insertion,$(TASK)),200,50)
 DATA ?= data/$(DATA_CONFIG)_$(EPISODES)
-EVAL_EPISODES ?= 50
+EVAL_# Training demos: insertion's millimetre fit needs 200.
+EPISODES ?= $(if $(filter sim_insertion,$(TASK)),200,50)
 TRAIN_OVERRIDES ?=
 RUN ?= runs/demo_$(AGENT)
 

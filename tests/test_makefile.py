@@ -38,6 +38,11 @@ class DemoTargetTest(unittest.TestCase):
         self.assertIn("agent=state_transformer data=sim_insertion_state train=state", train)
         self.assertIn("eval.num_episodes=3", evaluate)
 
+    def test_insertion_records_its_recipes_200_demos_unless_told(self):
+        record, train, _, _ = demo_commands("TASK=sim_insertion")
+        self.assertIn("task=sim_insertion num_episodes=200 dataset_dir=data/sim_insertion_state_200", record)
+        self.assertIn("data.dataset_dir=data/sim_insertion_state_200", train)
+
 
 if __name__ == "__main__":
     unittest.main()

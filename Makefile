@@ -17,8 +17,7 @@ IMAGE_SIZE ?= [96,96]
 # Training demos: insertion's millimetre fit needs 200.
 EPISODES ?= $(if $(filter sim_insertion,$(TASK)),200,50)
 DATA ?= data/$(DATA_CONFIG)_$(EPISODES)
-EVAL_# Training demos: insertion's millimetre fit needs 200.
-EPISODES ?= $(if $(filter sim_insertion,$(TASK)),200,50)
+EVAL_EPISODES ?= 50
 TRAIN_OVERRIDES ?=
 RUN ?= runs/demo_$(AGENT)
 

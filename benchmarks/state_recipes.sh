@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # State-only recipes: both agents trained with the committed configs (agent=state_*, data=<task>_state, train=state)
 # on camera-less scripted demos, then scored over 50 held-out seeds (1000-1049; the demos used seeds 0..):
-# the baseline at DDIM-10, IMF-AttnRes at 1 and 2 steps, the preset's 4000 steps on sim_transfer (50 demos) and
-# 6000 steps on sim_insertion (200 demos: its millimetre fit needs them; recording them takes 3 min).
+# the baseline at DDIM-10, IMF-AttnRes at 1 and 2 steps, the preset's 4000 steps, 50 demos of sim_transfer and 200
+# of sim_insertion (its millimetre fit needs them; recording them takes 3 min).
 # docs/results.md has the numbers of the committed run.
 #
 #   bash benchmarks/state_recipes.sh                      # both tasks: about 1 h on 2 CPU cores
@@ -31,13 +31,13 @@ episodes() {  # episodes TASK
 }
 
 train() {  # train TASK AGENT
-    local task=$1 agent=$2 run_dir=$OUT/$1_$2 steps=4000
-    local val_epochs=8  # rollout validation every N epochs: about every 1250 steps at 50 demos
-    [ "$task" = sim_insertion ] && steps=6000 val_epochs=4
+    local task=$1 agent=$2 run_dir=$OUT/$1_$2
+    local val_epochs=8  # rollout validation every N epochs: about every 1250 steps at 50 demos, 2500 at 200 demos
+    [ "$task" = sim_insertion ] && val_epochs=4
     echo "== train $agent on ${task}_state in $run_dir (log: $run_dir.log)"
     # shellcheck disable=SC2086
     "$PYTHON" roboimi/demos/vla_scripts/train_vla.py agent="$agent" data="${task}_state" train=state \
-        data.dataset_dir="data/${task}_state_$(episodes "$task")" train.max_steps=$steps train.rollout_val_freq_epochs=$val_epochs train.resume=auto \
+        data.dataset_dir="data/${task}_state_$(episodes "$task")" train.rollout_val_freq_epochs=$val_epochs train.resume=auto \
         hydra.run.dir="$run_dir" $OVERRIDES > "$run_dir.log" 2>&1
 }
 

@@ -314,7 +314,7 @@ class VLAAgent(nn.Module):
         _prepare_observation_batch gives them."""
         features = self._queues["features"]
         pending = [i for i, feature in enumerate(features) if feature is None and i >= first]
-        if not self.camera_names or not pending:
+        if not pending:
             return
         encoded = self.encode_frames({cam: frames[:, pending] for cam, frames in images.items()})  # (1, P, F)
         for i, feature in zip(pending, encoded[0]):
@@ -354,6 +354,6 @@ class VLAAgent(nn.Module):
             self._queues["action"].extend(self._plan()[0, current : current + self.num_action_steps])
         action = self._queues["action"].popleft().float().cpu()
         steps_to_next_plan = len(self._queues["action"]) + 1
-        if steps_to_next_plan < self.obs_horizon:  # the frames from this index on are still in the history then
+        if self.camera_names and steps_to_next_plan < self.obs_horizon:  # frames from this index on are still queued then
             self._encode_pending_frames(self._prepare_observation_batch()["images"], first=steps_to_next_plan)
         return action

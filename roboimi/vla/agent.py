@@ -354,6 +354,6 @@ class VLAAgent(nn.Module):
             self._queues["action"].extend(self._plan()[0, current : current + self.num_action_steps])
         action = self._queues["action"].popleft().float().cpu()
         steps_to_next_plan = len(self._queues["action"]) + 1
-        if self.camera_names and steps_to_next_plan < self.obs_horizon:  # frames from this index on are still queued then
+        if self.camera_names and steps_to_next_plan < self.obs_horizon:  # frames from this index on are queued then
             self._encode_pending_frames(self._prepare_observation_batch()["images"], first=steps_to_next_plan)
         return action

@@ -252,6 +252,31 @@ class SubLayerAndBackboneTest(unittest.TestCase):
             history.append(layer_output)
         torch.testing.assert_close(y, x + sum(outputs))
 
+    def test_keys_normalized_once_per_state_match_each_operator_normalizing_its_sources(self):
+        torch.manual_seed(0)
+        backbone = AttnResTransformerBackbone(16, n_blocks=2, n_heads=2, n_kv_heads=2, max_seq_len=6).eval()
+        with torch.no_grad():
+            for layer in backbone.layers:
+                layer.attn_res.pseudo_query.normal_()
+
+        def per_operator_keys(x):  # every sub-layer normalizes the whole restacked history itself
+            outputs = [x]
+            for layer in backbone.layers:
+                outputs.append(layer(torch.stack(outputs), backbone.rope_freqs[: x.shape[1]]))
+            return torch.stack(outputs).sum(0)
+
+        x, dx = torch.randn(2, 6, 16, dtype=torch.float64), torch.randn(2, 6, 16, dtype=torch.float64)
+        backbone.double()
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+            y, dy = torch.func.jvp(backbone, (x,), (dx,))
+            expected_y, expected_dy = torch.func.jvp(per_operator_keys, (x,), (dx,))
+        self.assertTrue(torch.equal(y, expected_y))
+        self.assertTrue(torch.equal(dy, expected_dy))
+        grads = torch.autograd.grad(backbone(x).square().sum(), list(backbone.parameters()))
+        expected_grads = torch.autograd.grad(per_operator_keys(x).square().sum(), list(backbone.parameters()))
+        for grad, expected in zip(grads, expected_grads):
+            torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+
     def test_causal_mask_hides_future_tokens(self):
         torch.manual_seed(0)
         x = torch.randn(1, 6, 16)

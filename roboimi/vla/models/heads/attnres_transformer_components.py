@@ -142,9 +142,10 @@ class AttnResOperator(nn.Module):
         # Diagnostic only (may hold tensors created inside a torch.func transform); never part of state.
         self.last_depth_attention_weights = None
 
-    def forward(self, sources: torch.Tensor) -> torch.Tensor:
-        # sources: (N, B, T, D) -> (B, T, D)
-        keys = self.key_norm(sources)
+    def forward(self, sources: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        # sources: (N, B, T, D) -> (B, T, D); keys: key_norm(sources) when the caller already has them
+        if keys is None:
+            keys = self.key_norm(sources)
         logits = (keys * self.pseudo_query).sum(dim=-1)  # (N, B, T); no 1/sqrt(D) scale
         weights = torch.softmax(logits, dim=0)  # over depth, per token
         self.last_depth_attention_weights = weights.detach()
@@ -174,9 +175,15 @@ class AttnResSubLayer(nn.Module):
             self.fn = SwiGLUFFN(d_model, dropout, ffn_mult)
         self.is_attention = is_attention
 
-    def forward(self, sources: torch.Tensor, rope_freqs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        # sources: (N, B, T, D) -> (B, T, D)
-        normed = self.norm(self.attn_res(sources))
+    def forward(
+        self,
+        sources: torch.Tensor,
+        rope_freqs: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        # sources, keys: (N, B, T, D) -> (B, T, D); keys as in AttnResOperator.forward
+        normed = self.norm(self.attn_res(sources, keys))
         if self.is_attention:
             return self.fn(normed, rope_freqs, mask)
         return self.fn(normed)
@@ -208,6 +215,7 @@ class AttnResTransformerBackbone(nn.Module):
             'rope_freqs', precompute_rope_freqs(d_model // n_heads, max_seq_len, rope_theta), persistent=False
         )
         self.causal_attn = causal_attn
+        self.eps = eps
 
     @staticmethod
     def _build_causal_mask(seq_len: int, device: torch.device) -> torch.Tensor:
@@ -226,7 +234,11 @@ class AttnResTransformerBackbone(nn.Module):
             )
         rope = self.rope_freqs[:seq_len]
         mask = self._build_causal_mask(seq_len, x.device) if self.causal_attn else None
-        outputs = [x]
-        for layer in self.layers:
-            outputs.append(layer(torch.stack(outputs, dim=0), rope, mask))
+        # Every later sub-layer reads each state's key: normalize a state once, when it is produced, rather than
+        # once per reader (the same numbers; in the forward-mode JVP of training this was most of the head's time).
+        outputs, keys = [x], [_rms_normalize(x, self.eps)]
+        for index, layer in enumerate(self.layers):
+            outputs.append(layer(torch.stack(outputs, dim=0), rope, mask, torch.stack(keys, dim=0)))
+            if index + 1 < len(self.layers):
+                keys.append(_rms_normalize(outputs[-1], self.eps))
         return torch.stack(outputs, dim=0).sum(dim=0)

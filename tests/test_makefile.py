@@ -38,10 +38,16 @@ class DemoTargetTest(unittest.TestCase):
         self.assertIn("agent=state_transformer data=sim_insertion_state train=state", train)
         self.assertIn("eval.num_episodes=3", evaluate)
 
-    def test_insertion_records_its_recipes_200_demos_unless_told(self):
+    def test_insertion_records_its_recipes_200_demos_and_trains_4000_steps_unless_told(self):
         record, train, _, _ = demo_commands("TASK=sim_insertion")
         self.assertIn("task=sim_insertion num_episodes=200 dataset_dir=data/sim_insertion_state_200", record)
         self.assertIn("data.dataset_dir=data/sim_insertion_state_200", train)
+        self.assertIn("train.max_steps=4000 train.rollout_val_freq_epochs=4", train)
+        _, train, _, _ = demo_commands("TASK=sim_insertion", "TRAIN_OVERRIDES=train.max_steps=10")
+        self.assertIn("train.max_steps=10", train)
+        self.assertNotIn("train.max_steps=4000", train)
+        _, train, _, _ = demo_commands()
+        self.assertNotIn("train.max_steps", train)
 
 
 if __name__ == "__main__":

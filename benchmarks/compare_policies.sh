@@ -2,7 +2,7 @@
 # The policy comparison with the committed recipes: the DDPM/DDIM baseline against IMF-AttnRes, scored over the
 # same 50 held-out seeds (1000-1049) at DDIM-10, IMF-1 and IMF-2.
 #
-#   1. from state on sim_transfer and sim_insertion: benchmarks/state_recipes.sh (about 1 h on 2 CPU cores);
+#   1. from state on sim_transfer and sim_insertion: benchmarks/state_recipes.sh (about 1.2 h on 2 CPU cores);
 #   2. from images on sim_transfer: one 96x96 top camera, 120 demos, agent=image_transformer | image_imf_attnres,
 #      train=image_cpu, the two agents side by side on one core each (about 1.5 h, and 15-30 min of recording).
 #

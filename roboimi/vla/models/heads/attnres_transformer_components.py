@@ -215,7 +215,8 @@ class AttnResTransformerBackbone(nn.Module):
             'rope_freqs', precompute_rope_freqs(d_model // n_heads, max_seq_len, rope_theta), persistent=False
         )
         self.causal_attn = causal_attn
-        self.eps = eps
+        # The sub-layers' key normaliser, applied once per state here (no parameters, so no checkpoint entry).
+        self.key_norm = RMSNormNoWeight(eps)
 
     @staticmethod
     def _build_causal_mask(seq_len: int, device: torch.device) -> torch.Tensor:
@@ -236,9 +237,8 @@ class AttnResTransformerBackbone(nn.Module):
         mask = self._build_causal_mask(seq_len, x.device) if self.causal_attn else None
         # Every later sub-layer reads each state's key: normalize a state once, when it is produced, rather than
         # once per reader (the same numbers; in the forward-mode JVP of training this was most of the head's time).
-        outputs, keys = [x], [_rms_normalize(x, self.eps)]
-        for index, layer in enumerate(self.layers):
+        outputs, keys = [x], [self.key_norm(x)]
+        for layer in self.layers:
             outputs.append(layer(torch.stack(outputs, dim=0), rope, mask, torch.stack(keys, dim=0)))
-            if index + 1 < len(self.layers):
-                keys.append(_rms_normalize(outputs[-1], self.eps))
+            keys.append(self.key_norm(outputs[-1]))
         return torch.stack(outputs, dim=0).sum(dim=0)

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from roboimi.vla.data import HDF5EpisodeDataset, build_datasets
-from roboimi.vla.data.build import split_episodes
+from roboimi.vla.data.build import should_preload, split_episodes
 from roboimi.vla.data.episode_files import find_episode_files, write_episode_file
 from roboimi.vla.data.windowing import AnchorIndex, sample_window
 from tests.synthetic_episodes import write_dataset, write_episode
@@ -346,3 +346,53 @@ class TestErrors(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestPreloadedImages(unittest.TestCase):
+    """Frames decoded once into memory give the same samples as frames read per sample."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        rng = np.random.default_rng(0)
+        for index, length in enumerate((5, 9)):
+            state = rng.normal(size=(length, 4)).astype(np.float32)
+            images = {cam: rng.integers(0, 256, (length, 12, 16, 3), dtype=np.uint8) for cam in ("top", "front")}
+            write_episode_file(os.path.join(self.tmp.name, f"episode_{index}.hdf5"), state, state, images)
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def assert_same_samples(self, **kwargs):
+        on_disk = build_datasets(self.tmp.name, ["front", "top"], 3, 4, preload_images=False, **kwargs)
+        preloaded = build_datasets(self.tmp.name, ["front", "top"], 3, 4, preload_images=True, **kwargs)
+        self.assertFalse(on_disk.train.images_preloaded)
+        self.assertTrue(preloaded.train.images_preloaded)
+        for index in range(len(on_disk.train)):
+            expected, actual = on_disk.train[index], preloaded.train[index]
+            for cam in ("front", "top"):
+                self.assertEqual(actual["images"][cam].dtype, torch.uint8)
+                self.assertTrue(torch.equal(actual["images"][cam], expected["images"][cam]), (index, cam))
+            self.assertTrue(torch.equal(actual["qpos"], expected["qpos"]))
+        on_disk.train.close()
+
+    def test_preloaded_frames_equal_frames_read_per_sample(self):
+        self.assert_same_samples()
+
+    def test_preloaded_frames_are_resized_like_frames_read_per_sample(self):
+        self.assert_same_samples(image_resize_shape=(6, 10))
+
+    def test_decoded_bytes_count_every_frame_of_every_camera(self):
+        bundle = build_datasets(self.tmp.name, ["front", "top"], 1, 1, preload_images=False)
+        self.assertEqual(bundle.train.decoded_image_bytes, (5 + 9) * 2 * 12 * 16 * 3)
+
+    def test_auto_preloads_what_fits_a_quarter_of_memory(self):
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        self.assertTrue(should_preload("auto", 1000))
+        self.assertTrue(should_preload("auto", memory // 4))
+        self.assertFalse(should_preload("auto", memory // 4 + 1))
+        self.assertFalse(should_preload("auto", 0))  # camera-less data has nothing to decode
+        self.assertTrue(build_datasets(self.tmp.name, ["top"], 1, 1, preload_images="auto").train.images_preloaded)
+
+    def test_invalid_setting_names_the_key(self):
+        with self.assertRaisesRegex(ValueError, r"data\.preload_images must be true, false or auto, got 'yes'"):
+            build_datasets(self.tmp.name, ["top"], 1, 1, preload_images="yes")

@@ -83,6 +83,31 @@ class RecorderTest(unittest.TestCase):
             with h5py.File(out / "episode_1.hdf5", "r") as f:
                 self.assertEqual(f.attrs["seed"], 4)  # recorded again with the seed it had
 
+    def test_parallel_recording_writes_the_files_of_a_sequential_one(self):
+        def contents(path: Path) -> dict:
+            with h5py.File(path, "r") as f:
+                arrays = {}
+                f.visititems(lambda name, item: arrays.update({name: item[()]}) if isinstance(item, h5py.Dataset) else None)
+                return {"attrs": dict(f.attrs), **arrays}
+
+        with tempfile.TemporaryDirectory() as tmp:
+            kwargs = dict(task="sim_transfer", image_size=(16, 20), camera_names=("top",), seed=3, progress=False)
+            sequential = record_episodes(num_episodes=3, dataset_dir=Path(tmp) / "seq", **kwargs)
+            # Two workers, stopped after one episode and resumed: the resumed run continues the seed sequence.
+            record_episodes(num_episodes=1, dataset_dir=Path(tmp) / "par", num_workers=2, **kwargs)
+            parallel = record_episodes(num_episodes=3, dataset_dir=Path(tmp) / "par", num_workers=2, **kwargs)
+            self.assertEqual((parallel["episodes_written"], parallel["attempts"]), (2, 2))  # no attempt beyond need
+            self.assertEqual(parallel["next_seed"], sequential["next_seed"])
+            for index in range(3):
+                expected = contents(Path(tmp) / "seq" / f"episode_{index}.hdf5")
+                actual = contents(Path(tmp) / "par" / f"episode_{index}.hdf5")
+                self.assertEqual(expected.keys(), actual.keys())
+                self.assertEqual(actual["attrs"], expected["attrs"])
+                for name in expected.keys() - {"attrs"}:
+                    np.testing.assert_array_equal(actual[name], expected[name], err_msg=f"episode {index}: {name}")
+            with self.assertRaisesRegex(ValueError, "num_workers must be >= 1"):
+                record_episodes(num_episodes=1, dataset_dir=Path(tmp) / "bad", num_workers=0, **kwargs)
+
     def test_rejects_unknown_compression(self):
         with tempfile.TemporaryDirectory() as tmp, self.assertRaisesRegex(ValueError, "gzip"):
             record_episodes("sim_transfer", 1, tmp, compression="zstd")

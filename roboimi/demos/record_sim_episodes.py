@@ -12,10 +12,13 @@ written carry consecutive successful seeds (stored in each file's attrs). Re-run
 continues after the last complete episode.
 """
 
+import itertools
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import h5py
 import hydra
@@ -51,6 +54,49 @@ def write_episode(path: Path, demo: Demonstration, task: str, compression: str):
         attrs={"task": task, "seed": demo.seed, "success": demo.success, "fps": FPS},
         compression=compression,
     )
+
+
+_worker_demonstrator: ScriptedDemonstrator | None = None  # the envs of a recording worker process
+
+
+def _init_worker(demonstrator_kwargs: dict):
+    global _worker_demonstrator
+    _worker_demonstrator = ScriptedDemonstrator(**demonstrator_kwargs)
+
+
+def _demonstrate_in_worker(seed: int) -> Demonstration:
+    return _worker_demonstrator.demonstrate(seed)
+
+
+def _demonstrations(
+    demonstrator_kwargs: dict, seeds: Iterator[int], num_workers: int, still_needed: Callable[[], int]
+) -> Iterator[Demonstration]:
+    """Yield the demonstrations of `seeds` in seed order, from this process or from `num_workers` processes.
+
+    Each attempt depends on its seed alone, so parallel attempts equal a sequential run's. At most
+    min(num_workers, still_needed()) attempts run at once, so the last episodes start no attempt that is not needed.
+    """
+    if num_workers <= 1:
+        demonstrator = ScriptedDemonstrator(**demonstrator_kwargs)
+        try:
+            yield from map(demonstrator.demonstrate, seeds)
+        finally:
+            demonstrator.close()
+        return
+    # spawn: a forked child would inherit the parent's GL state, which is not fork-safe.
+    with ProcessPoolExecutor(
+        max_workers=num_workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(demonstrator_kwargs,),
+    ) as pool:
+        pending = []
+        while True:
+            wanted = min(num_workers, still_needed()) - len(pending)
+            pending.extend(pool.submit(_demonstrate_in_worker, seed) for seed in itertools.islice(seeds, max(wanted, 0)))
+            if not pending:
+                return
+            yield pending.pop(0).result()
 
 
 def _recorded_settings(path: Path) -> dict:
@@ -109,12 +155,16 @@ def record_episodes(
     compression: str = "gzip",
     save_failed: bool = False,
     progress: bool = True,
+    num_workers: int = 1,
 ) -> dict:
     """Write `num_episodes` successful expert episodes to `dataset_dir`/episode_<i>.hdf5 and summarize.
 
     Failed attempts are counted and skipped (written to `dataset_dir`/failed/ when `save_failed`).
-    At most MAX_ATTEMPTS_PER_EPISODE attempts per missing episode are made.
+    At most MAX_ATTEMPTS_PER_EPISODE attempts per missing episode are made. With `num_workers` > 1 the attempts
+    run in that many processes; the files written are the same as a sequential recording's.
     """
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}.")
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}.")
     if num_episodes < 0:
@@ -128,13 +178,14 @@ def record_episodes(
     }
     written, next_seed = _resume_point(dataset_dir, seed, requested)
     already_written = written
-    demonstrator = ScriptedDemonstrator(task, image_size=image_size, camera_names=camera_names)
     max_attempts = MAX_ATTEMPTS_PER_EPISODE * max(num_episodes - written, 0)
     attempts = failures = 0
     start = time.perf_counter()
     bar = tqdm(total=num_episodes, initial=written, desc=f"record {task}", unit="ep", disable=not progress)
-    while written < num_episodes and attempts < max_attempts:
-        demo = demonstrator.demonstrate(next_seed)
+    demonstrator_kwargs = {"task": task, "image_size": image_size, "camera_names": camera_names}
+    seeds = iter(range(next_seed, next_seed + max_attempts))
+    demos = _demonstrations(demonstrator_kwargs, seeds, num_workers, still_needed=lambda: num_episodes - written)
+    for demo in demos:
         attempts += 1
         if demo.success:
             write_episode(dataset_dir / f"episode_{written}.hdf5", demo, task, compression)
@@ -145,11 +196,13 @@ def record_episodes(
             if save_failed:
                 failed_dir = dataset_dir / "failed"
                 failed_dir.mkdir(exist_ok=True)
-                write_episode(failed_dir / f"episode_seed_{next_seed}.hdf5", demo, task, compression)
-        next_seed += 1
+                write_episode(failed_dir / f"episode_seed_{demo.seed}.hdf5", demo, task, compression)
+        next_seed = demo.seed + 1
         bar.set_postfix(attempts=attempts, failed=failures)
+        if written >= num_episodes:
+            break
+    demos.close()
     bar.close()
-    demonstrator.close()
     return {
         "task": task,
         "dataset_dir": str(dataset_dir),

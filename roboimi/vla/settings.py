@@ -39,6 +39,8 @@ def validate_train_settings(cfg: DictConfig) -> None:
         len(train.betas) == 2 and all(0 <= b < 1 for b in train.betas), "betas", list(train.betas), "two values in [0, 1)"
     )
     _require(train.scheduler_type in SCHEDULER_TYPES, "scheduler_type", train.scheduler_type, f"one of {list(SCHEDULER_TYPES)}")
+    for key in ("channels_last", "use_ema", "bf16_autocast"):
+        _require(isinstance(train[key], bool), key, train[key], "true or false")
     resume = train.resume
     _require(resume is None or isinstance(resume, str), "resume", resume, "null, auto or a checkpoint path")
 

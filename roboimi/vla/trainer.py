@@ -30,7 +30,7 @@ from roboimi.vla.distributed import AgentLoss, assert_ranks_agree, init_distribu
 from roboimi.vla.ema import build_ema
 from roboimi.vla.evaluation import evaluate_agent
 from roboimi.vla.experiment_logger import ExperimentLogger
-from roboimi.vla.fast_paths import attention_backends, bf16_autocast
+from roboimi.vla.fast_paths import attention_backends, bf16_autocast, use_channels_last
 from roboimi.vla.models.heads.external_checkpoint import load_external_imf_head_state_dict
 from roboimi.vla.optim import build_lr_scheduler, build_optimizer
 from roboimi.vla.run_dir import RunDirLock, newest_checkpoint, prune_step_checkpoints
@@ -126,6 +126,7 @@ class Trainer:
             seed=cfg.train.seed,
             image_resize_shape=cfg.data.image_resize_shape,
             state_keys=cfg.data.state_keys,
+            preload_images=cfg.data.preload_images,
         )
         fill_data_dims(cfg, self.bundle)
         self.train_loader, self.batch_sampler = make_loader(self.bundle.train, cfg, self.dist, cfg.train.seed)
@@ -138,6 +139,8 @@ class Trainer:
         if cfg.train.init_head_from:
             load_external_imf_head_state_dict(self.agent.noise_pred_net, cfg.train.init_head_from)
         self.agent.to(self.device)
+        if cfg.train.channels_last:
+            use_channels_last(self.agent)
         self.loss_model = AgentLoss(self.agent)
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -328,7 +331,13 @@ class Trainer:
             return f"{sum(p.numel() for p in module.parameters()) / 1e6:.2f} M"
 
         spec = self.agent.observation_spec
-        cameras = f"cameras {list(spec.camera_names)} at {list(spec.image_shape)}" if spec.camera_names else "no cameras"
+        cameras = "no cameras"
+        if spec.camera_names:
+            frames = (
+                f"decoded into memory ({bundle.train.decoded_image_bytes / 2**30:.1f} GiB)"
+                if bundle.train.images_preloaded else "read per sample"
+            )
+            cameras = f"cameras {list(spec.camera_names)} at {list(spec.image_shape)}, frames {frames}"
         val = f", {len(bundle.val)} validation samples" if bundle.val is not None else ""
         tracking = f"SwanLab ({cfg.train.swanlab_mode}) experiment '{self.experiment_name}'" if cfg.train.use_swanlab else "no SwanLab"
         start = f"from step {self.global_step}" if self.global_step else "from scratch"

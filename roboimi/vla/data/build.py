@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+import os
+
 import numpy as np
 
 from roboimi.vla.data.episode_files import check_camera_shapes_agree, discover_episodes
@@ -38,6 +40,18 @@ def split_episodes(num_episodes, val_split, seed):
     return sorted(order[num_val:].tolist()), sorted(order[:num_val].tolist())
 
 
+PRELOAD_MEMORY_FRACTION = 0.25  # preload_images=auto decodes frames into memory when they take at most this much
+
+
+def should_preload(setting, decoded_bytes: int) -> bool:
+    """Resolve data.preload_images: true | false | auto (when the decoded frames fit PRELOAD_MEMORY_FRACTION of RAM)."""
+    if setting == "auto":
+        return 0 < decoded_bytes <= PRELOAD_MEMORY_FRACTION * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"data.preload_images must be true, false or auto, got {setting!r}.")
+
+
 def build_datasets(
     dataset_dir,
     camera_names,
@@ -47,8 +61,12 @@ def build_datasets(
     seed=42,
     image_resize_shape=None,
     state_keys=("qpos",),
+    preload_images=False,
 ):
-    """state_keys: `/observations/<key>` datasets concatenated, in order, into the state the samples call qpos."""
+    """state_keys: `/observations/<key>` datasets concatenated, in order, into the state the samples call qpos.
+
+    preload_images: true | false | auto, see `should_preload`; samples are the same either way.
+    """
     camera_names, state_keys = list(camera_names), tuple(state_keys)
     episodes, skipped = discover_episodes(
         dataset_dir, camera_names, obs_horizon, state_keys, same_image_size=image_resize_shape is None
@@ -63,6 +81,10 @@ def build_datasets(
 
     train = make(train_ids)
     val = make(val_ids) if val_ids else None
+    splits = [dataset for dataset in (train, val) if dataset is not None]
+    if should_preload(preload_images, sum(dataset.decoded_image_bytes for dataset in splits)):
+        for dataset in splits:
+            dataset.preload_images()
 
     def compute():
         return compute_stats(train.qpos, train.action)

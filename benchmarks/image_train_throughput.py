@@ -1,0 +1,100 @@
+"""Training throughput of an image recipe (samples/s), before and after the exact fast paths.
+
+Each variant builds the real Trainer from the recipe's config on a recorded dataset and times the real loop body,
+DataLoader batch + `Trainer.train_step`, for --steps steps after --warmup steps. Variants run in fresh spawned
+processes, alternating for --rounds rounds so slow spells of a shared machine hit all of them; the median per
+variant is reported. The variants compute the same step: each prints its first step's loss, which must agree
+(channels-last reorders float sums, so within rounding).
+
+    python benchmarks/image_train_throughput.py --dataset-dir data/sim_transfer_3cam_120 --cameras r_vis top front
+"""
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from benchmarks.common import describe_machine  # noqa: E402
+from roboimi.vla import CONFIG_DIR  # noqa: E402
+from roboimi.vla.trainer import Trainer  # noqa: E402
+
+# name -> overrides on top of the recipe: frames read from disk per sample (the old path), decoded once into
+# memory, and decoded once with channels-last convolutions.
+VARIANTS = {
+    "disk": ["data.preload_images=false", "train.channels_last=false"],
+    "preload": ["data.preload_images=true", "train.channels_last=false"],
+    "preload+channels_last": ["data.preload_images=true", "train.channels_last=true"],
+}
+
+
+def measure(overrides: list[str], threads: int, warmup: int, steps: int) -> dict:
+    torch.set_num_threads(threads)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        cfg = compose("config", overrides=overrides)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, Path(run_dir))
+        batches = iter(trainer.train_loader)
+        first_loss = None
+        for step in range(warmup + steps):
+            if step == warmup:
+                start = time.perf_counter()
+            loss, _ = trainer.train_step(next(batches))
+            first_loss = loss.item() if first_loss is None else first_loss
+        seconds = time.perf_counter() - start
+        trainer.close()
+    return {"samples_per_s": steps * cfg.train.batch_size / seconds, "step_s": seconds / steps, "first_loss": first_loss}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset-dir", required=True)
+    parser.add_argument("--agent", default="image_imf_attnres")
+    parser.add_argument("--data", default="sim_transfer")
+    parser.add_argument("--train", default="image_cpu")
+    parser.add_argument("--cameras", nargs="+", default=["r_vis", "top", "front"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    recipe = [
+        f"agent={args.agent}", f"data={args.data}", f"train={args.train}", f"data.dataset_dir={args.dataset_dir}",
+        f"data.camera_names=[{','.join(args.cameras)}]", "train.rollout_val_freq_epochs=0", "train.device=cpu",
+    ]
+    print(f"{args.agent} / {args.train} on {args.dataset_dir}, cameras {args.cameras}; "
+          f"{describe_machine(torch.device('cpu'), args.threads)}; {args.rounds} rounds of {args.steps} steps")
+    context = multiprocessing.get_context("spawn")
+    results = {name: [] for name in args.variants}
+    with context.Pool(1, maxtasksperchild=1) as pool:
+        for _ in range(args.rounds):
+            for name in args.variants:
+                result = pool.apply(measure, (recipe + VARIANTS[name], args.threads, args.warmup, args.steps))
+                results[name].append(result)
+                print(f"  {name:<22} {result['samples_per_s']:6.1f} samples/s  first loss {result['first_loss']:.6f}")
+    base = statistics.median(r["samples_per_s"] for r in results[args.variants[0]])
+    summary = {}
+    print(f"\n| variant | samples/s (median) | step (s) | vs {args.variants[0]} |\n|---|---|---|---|")
+    for name, runs in results.items():
+        rate = statistics.median(r["samples_per_s"] for r in runs)
+        summary[name] = {"samples_per_s": rate, "runs": runs}
+        print(f"| {name} | {rate:.1f} | {statistics.median(r['step_s'] for r in runs):.3f} | {rate / base:.2f}x |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,12 +1,18 @@
 """Checkpoints are data: loading a crafted file runs no code, and only RoboIMI classes are instantiated from one."""
 import os
+import pickle
+import re
 import tempfile
 import unittest
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from roboimi.vla.checkpoint import build_agent_from_checkpoint, load_checkpoint, require_trusted_targets
+from roboimi.demos.vla_scripts import eval_vla
+from roboimi.vla import CONFIG_DIR
+from roboimi.vla.checkpoint import build_agent_from_checkpoint, load_checkpoint, require_trusted_config
 
 
 class RunsCode:
@@ -39,9 +45,106 @@ class CheckpointSafetyTest(unittest.TestCase):
 
     def test_a_foreign_target_in_the_config_is_not_instantiated(self):
         config = {"agent": {"_target_": "roboimi.vla.agent.VLAAgent", "head": {"_target_": "os.system", "command": "true"}}}
-        with self.assertRaisesRegex(ValueError, r"agent\.head\._target_='os\.system'.*refusing"):
+        with self.assertRaisesRegex(ValueError, r"config\.agent\.head\._target_='os\.system'.*not a model class"):
             build_agent_from_checkpoint({"config": config}, torch.device("cpu"))
-        require_trusted_targets({"_target_": "roboimi.vla.agent_imf.IMFVLAAgent", "head": {"_target_": "roboimi.x"}})
+
+
+def save_crafted(path: Path, agent_config: dict, **top_level) -> Path:
+    """A checkpoint as torch.save writes it (loads with weights_only=True) whose stored config is crafted."""
+    torch.save({"config": {"agent": agent_config, **top_level}, "agent": {}, "global_step": 0}, path)
+    return path
+
+
+class StoredConfigTest(unittest.TestCase):
+    """A checkpoint's config is data: nothing it names is called unless it is one of RoboIMI's model classes."""
+
+    AGENT = "roboimi.vla.agent_imf.IMFVLAAgent"
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.root = Path(self.tmp.name)
+        self.marker = self.root / "pwned"
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def assert_refused(self, path: Path, key_pattern: str):
+        for load in (lambda: load_checkpoint(path), lambda: eval_vla.main([f"ckpt_path={path}"])):
+            with self.assertRaises(ValueError) as ctx:
+                load()
+            self.assertIn(str(path), str(ctx.exception))
+            self.assertRegex(str(ctx.exception), key_pattern)
+        self.assertFalse(self.marker.exists(), "the stored config ran the embedded command")
+
+    def test_torch_load_of_embedded_pickle_bytes_is_refused(self):
+        payload = pickle.dumps(RunsCode(self.marker))
+        head = {
+            "_target_": "roboimi.vla.checkpoint.torch.load",
+            "f": {"_target_": "io.BytesIO", "_args_": [payload]},
+            "weights_only": False,
+        }
+        path = save_crafted(self.root / "bytesio.pt", {"_target_": self.AGENT, "head": head})
+        self.assert_refused(path, r"config\.agent\.head\._target_='roboimi\.vla\.checkpoint\.torch\.load'")
+
+    def test_a_function_reached_through_a_roboimi_module_is_refused(self):
+        head = {"_target_": "roboimi.atomic_file.os.system", "command": f"touch {self.marker}"}
+        path = save_crafted(self.root / "os_system.pt", {"_target_": self.AGENT, "head": head})
+        self.assert_refused(path, r"config\.agent\.head\._target_='roboimi\.atomic_file\.os\.system'")
+
+    def test_a_target_inside_a_list_is_refused(self):
+        evil = [{"_target_": "os.system", "command": f"touch {self.marker}"}]
+        path = save_crafted(self.root / "list.pt", {"_target_": self.AGENT, "camera_names": evil})
+        self.assert_refused(path, r"config\.agent\.camera_names\[0\]\._target_='os\.system'")
+
+    def test_hydra_call_keys_are_refused(self):
+        for key, value in (("_args_", ["x"]), ("_call_", True), ("_partial_", "yes"), ("_convert_", "all")):
+            path = save_crafted(self.root / f"{key}.pt", {"_target_": self.AGENT, key: value})
+            self.assert_refused(path, rf"config\.agent\.{key}=")
+
+    def test_a_roboimi_function_or_a_re_exported_class_is_refused(self):
+        for target in ("roboimi.vla.checkpoint.load_checkpoint", "roboimi.vla.trainer.DataLoader"):
+            path = save_crafted(self.root / "function.pt", {"_target_": target})
+            self.assert_refused(path, re.escape(f"config.agent._target_={target!r}"))
+
+    def test_interpolations_are_refused_not_resolved(self):
+        os.environ["ROBOIMI_TEST_SECRET"] = "hunter2"
+        self.addCleanup(os.environ.pop, "ROBOIMI_TEST_SECRET")
+        path = save_crafted(
+            self.root / "interp.pt", {"_target_": self.AGENT}, eval={"output_dir": "${oc.env:ROBOIMI_TEST_SECRET}"}
+        )
+        with self.assertRaises(ValueError) as ctx:
+            load_checkpoint(path)
+        self.assertIn("config.eval.output_dir='${oc.env:ROBOIMI_TEST_SECRET}'", str(ctx.exception))
+        self.assertNotIn("hunter2", str(ctx.exception))
+
+    def test_the_model_classes_of_the_shipped_configs_pass(self):
+        for name in ("resnet_imf_attnres", "resnet_transformer", "state_imf_attnres", "image_transformer"):
+            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+                cfg = compose("config", overrides=[f"agent={name}", "agent.action_dim=14", "agent.obs_dim=14", "data.image_shape=[96,96]"])
+            require_trusted_config(OmegaConf.to_container(cfg, resolve=True), "composed")
+
+    def test_a_bare_state_dict_is_named_as_such(self):
+        path = self.root / "weights.pt"
+        torch.save({"layer.weight": torch.zeros(2)}, path)
+        with self.assertRaisesRegex(ValueError, rf"{re.escape(str(path))} is not a RoboIMI checkpoint.*bare state_dict"):
+            load_checkpoint(path)
+
+
+class EvalSettingsTest(unittest.TestCase):
+    def test_a_checkpoint_does_not_choose_evaluation_settings(self):
+        stored = {
+            "agent": {"_target_": "x", "inference_steps": 2},
+            "data": {"task": "sim_transfer"},
+            "eval": {"output_dir": "/tmp/elsewhere", "num_workers": 64, "num_episodes": 9999, "swanlab": True},
+        }
+        cfg = eval_vla.compose_config(["ckpt_path=x.pt", "eval.num_episodes=3"])
+        config = eval_vla.checkpoint_config(cfg, stored, ["ckpt_path", "eval.num_episodes"])
+        self.assertEqual(config["eval"]["num_episodes"], 3)  # the command line
+        self.assertEqual(config["eval"]["output_dir"], None)  # this program's default, not the stored one
+        self.assertEqual(config["eval"]["num_workers"], 1)
+        self.assertFalse(config["eval"]["swanlab"])
+        self.assertEqual(config["eval"]["task"], "sim_transfer")  # the data spec still comes from the checkpoint
+        self.assertEqual(config["agent"]["inference_steps"], 2)
 
 
 if __name__ == "__main__":

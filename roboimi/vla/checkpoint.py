@@ -5,8 +5,10 @@ torch.load(weights_only=True): a crafted file cannot run code, and the agent it 
 classes only.
 """
 import copy
+import importlib
 import pickle
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 from roboimi.atomic_file import atomic_write_path
 from roboimi.vla.settings import flatten_config
 
-# Package whose classes a checkpoint's config may instantiate.
-TRUSTED_TARGET_PREFIX = "roboimi."
 # Keys whose change makes a checkpoint's weights or data contract meaningless for the current run.
 MODEL_DEFINING_KEYS = ("agent", "data.camera_names", "data.image_shape")
 
@@ -38,7 +38,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
             f"e.g. runs/<run>/checkpoints/last.pt."
         )
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's message suggests weights_only=False; only the line naming the refused object is worth showing.
         refused = next((line for line in str(exc).splitlines() if "GLOBAL" in line), str(exc).splitlines()[0])
@@ -49,6 +49,13 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         ) from exc
     except Exception as exc:
         raise RuntimeError(f"Could not read checkpoint {path} ({exc}). The file is corrupt or not a RoboIMI checkpoint.") from exc
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), dict):
+        raise ValueError(
+            f"{path} is not a RoboIMI checkpoint: it holds no stored config (a bare state_dict?). Pass a file written by "
+            f"train_vla.py: runs/<run>/policy.pt to evaluate, runs/<run>/checkpoints/last.pt to resume."
+        )
+    require_trusted_config(checkpoint["config"], path)
+    return checkpoint
 
 
 def capture_rng_state() -> dict:
@@ -85,16 +92,55 @@ def model_config_differences(saved_config: dict, current_config: dict) -> list[s
     return differences
 
 
-def require_trusted_targets(config: dict, where: str = "agent") -> None:
-    """Refuse any `_target_` outside RoboIMI in a checkpoint's config: instantiating it would run foreign code."""
-    for key, value in config.items():
-        if key == "_target_" and not str(value).startswith(TRUSTED_TARGET_PREFIX):
-            raise ValueError(
-                f"The checkpoint's config names {where}._target_={value!r}, which is not a RoboIMI class "
-                f"({TRUSTED_TARGET_PREFIX}*); refusing to instantiate it. Use a checkpoint written by train_vla.py."
-            )
-        if isinstance(value, dict):
-            require_trusted_targets(value, f"{where}.{key}")
+def _model_class(target) -> type | None:
+    """The class `target` names when it is a torch module class defined in the RoboIMI module the name points at.
+
+    Only that module is imported (a RoboIMI one); an attribute reached through it (`roboimi.x.os.system`), a
+    function, or a class imported there from elsewhere is None.
+    """
+    if not isinstance(target, str) or not re.fullmatch(r"roboimi(\.[A-Za-z_]\w*)+", target):
+        return None
+    module_name, _, name = target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    candidate = getattr(module, name, None)
+    defined_here = isinstance(candidate, type) and candidate.__module__ == module_name
+    return candidate if defined_here and issubclass(candidate, torch.nn.Module) else None
+
+
+def require_trusted_config(config, source, where: str = "config") -> None:
+    """Refuse a stored config that would make instantiation or OmegaConf run anything but RoboIMI's model classes.
+
+    Checked recursively through dicts and lists: every `_target_` must name a torch module class defined in a RoboIMI
+    module; of Hydra's other instantiation keys only `_partial_: true` is allowed (it binds such a class and calls
+    nothing); and no string may hold a `${...}` interpolation, which OmegaConf would resolve (`${oc.env:...}` reads
+    the evaluating user's environment). Configs written by train_vla.py are stored resolved and pass.
+    ValueError names `source` (the file) and the offending key.
+    """
+    def refuse(key: str, value, why: str):
+        raise ValueError(
+            f"Refusing checkpoint {source}: its stored config sets {key}={value!r}, {why}. Only configs of RoboIMI "
+            f"model classes are instantiated from a checkpoint; use one written by train_vla.py."
+        )
+
+    if isinstance(config, dict):
+        for key, value in config.items():
+            where_key = f"{where}.{key}"
+            if key == "_target_" and _model_class(value) is None:
+                refuse(where_key, value, "which is not a model class defined in a RoboIMI module")
+            elif key == "_partial_" and value is not True:
+                refuse(where_key, value, "and only `_partial_: true` is allowed")
+            elif isinstance(key, str) and key.startswith("_") and key.endswith("_") and key not in ("_target_", "_partial_"):
+                refuse(where_key, value, f"a Hydra instantiation key ({key}) that could call foreign code")
+            else:
+                require_trusted_config(value, source, where_key)
+    elif isinstance(config, (list, tuple)):
+        for index, value in enumerate(config):
+            require_trusted_config(value, source, f"{where}[{index}]")
+    elif isinstance(config, str) and "${" in config:
+        refuse(where, config, "an interpolation OmegaConf would resolve")
 
 
 def upgrade_config(config: dict) -> dict:
@@ -115,13 +161,14 @@ def upgrade_config(config: dict) -> dict:
     return config
 
 
-def build_agent_from_checkpoint(checkpoint: dict, device: torch.device, use_ema: bool = True):
+def build_agent_from_checkpoint(checkpoint: dict, device: torch.device, use_ema: bool = True, source="<in memory>"):
     """Rebuild the agent from the config, weights and normalization stats stored in a checkpoint.
 
     `use_ema` takes the EMA weights where the checkpoint has them (train.use_ema), else the trained weights. A policy
-    export (policy.pt) holds one set of weights and says which. Returns (agent, cfg, 'ema' | 'raw').
+    export (policy.pt) holds one set of weights and says which. Returns (agent, cfg, 'ema' | 'raw'). `source` names the
+    file in errors; its config is checked again here, since a caller may have merged settings into it.
     """
-    require_trusted_targets(checkpoint["config"]["agent"])
+    require_trusted_config(checkpoint["config"], source)
     cfg: DictConfig = OmegaConf.create(upgrade_config(checkpoint["config"]))
     agent = instantiate(cfg.agent)
     if use_ema and "ema" in checkpoint:

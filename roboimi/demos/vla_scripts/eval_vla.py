@@ -4,10 +4,9 @@
 
 A Hydra program like train_vla.py over the root config roboimi/vla/conf/eval_vla.yaml: `--help` lists the keys,
 `--cfg job` prints what a command line composes, and nothing but the evaluation's own output is written (no outputs/
-dir). The agent is rebuilt from the checkpoint alone (config, weights, normalization stats). Any `eval.*` key, `device`
-and how the policy acts (`agent.inference_steps`, `agent.num_action_steps`, `agent.temporal_ensemble_coeff`) can be
-set; a key set on the command line wins over the checkpoint's stored value, and the rest of the stored config is used
-as trained.
+dir). The agent is rebuilt from the checkpoint alone (config, weights, normalization stats). The evaluation settings
+(`eval.*`, `device`) come from this program's config and command line, never from the checkpoint; how the policy acts
+(`agent.inference_steps`, `agent.num_action_steps`, `agent.temporal_ensemble_coeff`) is stored and can be set here.
 Rollouts act with the EMA weights when the checkpoint has them; `eval.use_ema=false` evaluates the trained weights.
 Writes <output_dir>/summary.json (success_rate, mean_return, num_episodes, mean_inference_ms, weights, per-episode
 entries).
@@ -72,17 +71,17 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def checkpoint_config(cfg: DictConfig, stored: dict, overridden: Sequence[str]) -> dict:
-    """The config to evaluate with: the eval defaults, then the checkpoint's stored config, then the `overridden` keys.
-
-    The defaults go first so checkpoints written before an eval key existed still evaluate; only the keys the command
-    line set, not every default in `cfg.eval`, may replace a stored value.
+    """The config to evaluate with: the checkpoint's stored model, data spec and normalization; `eval.*` from this
+    program's own config and command line only (a stored `eval` section is ignored: a file does not choose where
+    results go, how many workers run or what is uploaded); the policy's acting keys where the command line set them.
     """
     set_here = OmegaConf.create()
     for key in overridden:
         value = OmegaConf.select(cfg, key)
-        if key.startswith("eval.") or (key in AGENT_KEYS and value is not None):  # null = the stored one
+        if key in AGENT_KEYS and value is not None:  # null = the stored one
             OmegaConf.update(set_here, key, value)
-    merged = OmegaConf.merge({"eval": OmegaConf.to_container(cfg.eval)}, stored, set_here)
+    model = {key: value for key, value in stored.items() if key != "eval"}
+    merged = OmegaConf.merge(model, {"eval": OmegaConf.to_container(cfg.eval)}, set_here)
     return OmegaConf.to_container(merged, resolve=True)
 
 
@@ -100,7 +99,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> dict:
     checkpoint = load_checkpoint(ckpt_path)
     checkpoint["config"] = checkpoint_config(cfg, checkpoint["config"], override_keys(overrides))
     use_ema = checkpoint["config"]["eval"]["use_ema"]
-    agent, cfg, weights = build_agent_from_checkpoint(checkpoint, device, use_ema=use_ema)
+    agent, cfg, weights = build_agent_from_checkpoint(checkpoint, device, use_ema=use_ema, source=ckpt_path)
     if use_ema and weights == "raw":
         print(f"{ckpt_path} holds no EMA weights (trained with train.use_ema=false): evaluating the trained weights.")
     if cfg.eval.task is None:
@@ -161,7 +160,7 @@ def log_to_swanlab(summary: dict, cfg, ckpt_path: Path) -> None:
         run_dir,
         use_swanlab=True,
         project=cfg.train.swanlab_project,
-        mode=cfg.train.swanlab_mode,
+        mode=cfg.eval.swanlab_mode,
         experiment_name=f"{name}-eval-nfe{cfg.agent.inference_steps}",
         group=name,
         config=OmegaConf.to_container(cfg, resolve=True),

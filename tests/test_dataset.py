@@ -1,5 +1,6 @@
 import os
 import pickle
+import shlex
 import tempfile
 import unittest
 
@@ -10,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from roboimi.vla.data import HDF5EpisodeDataset, build_datasets
 from roboimi.vla.data.build import should_preload, split_episodes
-from roboimi.vla.data.episode_files import find_episode_files, write_episode_file
+from roboimi.vla.data.episode_files import find_episode_files, record_command, write_episode_file
 from roboimi.vla.data.windowing import AnchorIndex, sample_window
 from tests.synthetic_episodes import write_dataset, write_episode
 
@@ -396,3 +397,14 @@ class TestPreloadedImages(unittest.TestCase):
     def test_invalid_setting_names_the_key(self):
         with self.assertRaisesRegex(ValueError, r"data\.preload_images must be true, false or auto, got 'yes'"):
             build_datasets(self.tmp.name, ["top"], 1, 1, preload_images="yes")
+
+
+class RecordCommandTest(unittest.TestCase):
+    def test_the_suggested_command_survives_the_shell_and_hydra_with_any_path(self):
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        for path in ("data/sim_transfer", "/tmp/a b/$(touch pwned)/it's", "x;rm -rf ~", "back\\slash `cmd`", "end\\", "q\\'"):
+            argv = shlex.split(record_command(path))
+            self.assertEqual(argv[:3], ["python", "roboimi/demos/record_sim_episodes.py", "task=sim_transfer"])
+            (override,) = OverridesParser.create().parse_overrides(argv[3:])
+            self.assertEqual((override.key_or_group, override.value()), ("dataset_dir", path))

@@ -16,6 +16,7 @@ warning; inconsistent episodes are errors because silently dropping them would h
 
 import os
 import re
+import shlex
 import warnings
 from dataclasses import dataclass
 
@@ -26,7 +27,18 @@ from roboimi.atomic_file import atomic_write_path
 
 EPISODE_PATTERN = re.compile(r"^episode_(\d+)\.hdf5$")
 COMPRESSIONS = ("gzip", "lzf")  # image dataset filters the writer supports
-RECORD_COMMAND = "python roboimi/demos/record_sim_episodes.py task=sim_transfer dataset_dir={dataset_dir}"
+
+
+def record_command(dataset_dir) -> str:
+    """The recorder's command line for `dataset_dir`, safe to paste into a shell whatever the path holds.
+
+    The value is quoted twice: for Hydra's override grammar (in single quotes unless plain) and for the shell.
+    """
+    value = str(dataset_dir)
+    if not re.fullmatch(r"[\w/.\-]+", value):
+        # Hydra unescapes backslashes only before a quote: double those runs, escape the quotes.
+        value = "'" + re.sub(r"(\\*)('|$)", lambda m: 2 * m[1] + ("\\'" if m[2] else ""), value) + "'"
+    return f"python roboimi/demos/record_sim_episodes.py task=sim_transfer {shlex.quote('dataset_dir=' + value)}"
 
 
 @dataclass(frozen=True)
@@ -44,7 +56,7 @@ def find_episode_files(dataset_dir):
     if not os.path.isdir(dataset_dir):
         raise FileNotFoundError(
             f"Dataset directory '{dataset_dir}' does not exist. Record the built-in dataset with "
-            f"`{RECORD_COMMAND.format(dataset_dir=dataset_dir)}` or point data.dataset_dir at an existing "
+            f"`{record_command(dataset_dir)}` or point data.dataset_dir at an existing "
             f"directory of episode_<i>.hdf5 files."
         )
     indexed = []
@@ -55,7 +67,7 @@ def find_episode_files(dataset_dir):
     if not indexed:
         raise FileNotFoundError(
             f"Dataset directory '{dataset_dir}' contains no episode_<i>.hdf5 files. Record episodes into it with "
-            f"`{RECORD_COMMAND.format(dataset_dir=dataset_dir)}` or point data.dataset_dir at the directory "
+            f"`{record_command(dataset_dir)}` or point data.dataset_dir at the directory "
             f"that holds them."
         )
     return [path for _, path in sorted(indexed)]
@@ -210,7 +222,7 @@ def discover_episodes(dataset_dir, camera_names, obs_horizon, state_keys=("qpos"
     if not episodes:
         raise ValueError(
             f"No usable episodes left in '{dataset_dir}' after skipping {len(skipped)} file(s) (reasons above). "
-            f"Re-record the dataset with `{RECORD_COMMAND.format(dataset_dir=dataset_dir)}`."
+            f"Re-record the dataset with `{record_command(dataset_dir)}`."
         )
     _check_consistent(episodes, camera_names, same_image_size)
     return episodes, skipped

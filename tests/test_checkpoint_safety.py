@@ -130,22 +130,5 @@ class StoredConfigTest(unittest.TestCase):
             load_checkpoint(path)
 
 
-class EvalSettingsTest(unittest.TestCase):
-    def test_a_checkpoint_does_not_choose_evaluation_settings(self):
-        stored = {
-            "agent": {"_target_": "x", "inference_steps": 2},
-            "data": {"task": "sim_transfer"},
-            "eval": {"output_dir": "/tmp/elsewhere", "num_workers": 64, "num_episodes": 9999, "swanlab": True},
-        }
-        cfg = eval_vla.compose_config(["ckpt_path=x.pt", "eval.num_episodes=3"])
-        config = eval_vla.checkpoint_config(cfg, stored, ["ckpt_path", "eval.num_episodes"])
-        self.assertEqual(config["eval"]["num_episodes"], 3)  # the command line
-        self.assertEqual(config["eval"]["output_dir"], None)  # this program's default, not the stored one
-        self.assertEqual(config["eval"]["num_workers"], 1)
-        self.assertFalse(config["eval"]["swanlab"])
-        self.assertEqual(config["eval"]["task"], "sim_transfer")  # the data spec still comes from the checkpoint
-        self.assertEqual(config["agent"]["inference_steps"], 2)
-
-
 if __name__ == "__main__":
     unittest.main()

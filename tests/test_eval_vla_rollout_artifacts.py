@@ -151,19 +151,22 @@ class EvalCommandLineTest(unittest.TestCase):
         with self.assertRaisesRegex(SystemExit, r"needs the checkpoint to evaluate: pass ckpt_path="):
             eval_vla.main(["eval.num_episodes=2"])
 
-    def test_stored_config_wins_except_for_the_keys_set(self):
+    def test_eval_settings_come_from_this_program_and_the_model_from_the_checkpoint(self):
         stored = {
             "data": {"task": "sim_insertion"},
             "agent": {"inference_steps": 10, "pred_horizon": 16},
-            "eval": {"num_episodes": 7, "seed": 3, "use_ema": False},  # written before the other eval keys existed
+            # A checkpoint does not choose where results go, how many processes run or what is uploaded.
+            "eval": {"num_episodes": 7, "seed": 3, "use_ema": False, "output_dir": "/elsewhere", "num_workers": 64,
+                     "swanlab": True},
         }
-        argv = ["ckpt_path=x.pt", "eval.num_episodes=2", "eval.seed=1000", "agent.inference_steps=1"]
+        argv = ["ckpt_path=x.pt", "eval.num_episodes=2", "agent.inference_steps=1"]
         config = eval_vla.checkpoint_config(eval_vla.compose_config(argv), stored, eval_vla.override_keys(argv))
-        # Set keys win even when they equal the default (seed=1000); unset ones keep the stored value (use_ema).
-        self.assertEqual((config["eval"]["num_episodes"], config["eval"]["seed"], config["eval"]["use_ema"]), (2, 1000, False))
+        evaluation = config["eval"]
+        self.assertEqual((evaluation["num_episodes"], evaluation["seed"], evaluation["use_ema"]), (2, 1000, True))
+        self.assertEqual((evaluation["output_dir"], evaluation["num_workers"], evaluation["swanlab"]), (None, 1, False))
         self.assertEqual(config["agent"], {"inference_steps": 1, "pred_horizon": 16})
-        # Keys the checkpoint lacks take the current defaults, resolved against its own data config.
-        self.assertEqual((config["eval"]["max_timesteps"], config["eval"]["task"]), (None, "sim_insertion"))
+        # eval.task resolves against the checkpoint's own data config.
+        self.assertEqual((evaluation["max_timesteps"], evaluation["task"]), (None, "sim_insertion"))
         self.assertEqual(set(config), {"data", "agent", "eval"})
         argv = ["ckpt_path=x.pt", "agent.inference_steps=null"]  # null: the checkpoint's, as --help says
         config = eval_vla.checkpoint_config(eval_vla.compose_config(argv), stored, eval_vla.override_keys(argv))

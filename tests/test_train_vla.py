@@ -178,9 +178,9 @@ class AtomicCheckpointTest(unittest.TestCase):
     def test_a_failed_write_leaves_the_previous_file_intact_and_no_temp_files(self):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "last.pt"
-            save_checkpoint(path, {"global_step": 1})
+            save_checkpoint(path, {"global_step": 1, "config": {}})
             with self.assertRaises(Exception):
-                save_checkpoint(path, {"global_step": 2, "unpicklable": lambda: None})
+                save_checkpoint(path, {"global_step": 2, "config": {}, "unpicklable": lambda: None})
             self.assertEqual(load_checkpoint(path)["global_step"], 1)
             self.assertEqual(sorted(p.name for p in Path(tmp).iterdir()), ["last.pt"])
 

@@ -23,6 +23,10 @@ from roboimi.vla.settings import flatten_config
 MODEL_DEFINING_KEYS = ("agent", "data.camera_names", "data.image_shape")
 
 
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint file that torch cannot read at all (truncated, overwritten, not a torch file)."""
+
+
 def save_checkpoint(path, payload: dict) -> Path:
     """torch.save through a temporary file + fsync + os.replace: never a half-written checkpoint."""
     with atomic_write_path(path) as tmp_path:
@@ -32,6 +36,11 @@ def save_checkpoint(path, payload: dict) -> Path:
 
 def load_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"Checkpoint {path} is a directory. Pass a .pt file in it, e.g. {path / 'policy.pt'} or "
+            f"{path / 'checkpoints' / 'last.pt'}."
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"Checkpoint {path} does not exist. Pass the .pt file written by train_vla.py, "
@@ -41,14 +50,21 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's message suggests weights_only=False; only the line naming the refused object is worth showing.
-        refused = next((line for line in str(exc).splitlines() if "GLOBAL" in line), str(exc).splitlines()[0])
+        refused = next((line for line in str(exc).splitlines() if "GLOBAL" in line), None)
+        if refused is None:  # not a refused object: bytes that are no pickle at all
+            raise CorruptCheckpointError(
+                f"Could not read checkpoint {path} ({str(exc).splitlines()[0]}). The file is corrupt or not a "
+                f"RoboIMI checkpoint."
+            ) from exc
         raise RuntimeError(
             f"Refusing to load checkpoint {path}: it holds objects other than tensors, numbers, strings and containers "
             f"({refused.strip()}). It was not written by this version of RoboIMI or was tampered with; loading it "
             f"could run code. Retrain, or re-save a file you trust with plain contents."
         ) from exc
     except Exception as exc:
-        raise RuntimeError(f"Could not read checkpoint {path} ({exc}). The file is corrupt or not a RoboIMI checkpoint.") from exc
+        raise CorruptCheckpointError(
+            f"Could not read checkpoint {path} ({exc}). The file is corrupt or not a RoboIMI checkpoint."
+        ) from exc
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("config"), dict):
         raise ValueError(
             f"{path} is not a RoboIMI checkpoint: it holds no stored config (a bare state_dict?). Pass a file written by "

@@ -7,6 +7,7 @@ checkpoint (roboimi.atomic_file).
 import fcntl
 import os
 import re
+import shutil
 from pathlib import Path
 
 STEP_CHECKPOINT = re.compile(r"step_(\d+)\.pt")
@@ -49,15 +50,33 @@ def step_checkpoints(ckpt_dir: Path) -> list[Path]:
 
 
 def newest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The checkpoint with the most training: the newest step_<N>.pt, or last.pt when no step file is newer.
+    """The checkpoint with the most training (see checkpoints_newest_first), or None."""
+    return next(iter(checkpoints_newest_first(ckpt_dir)), None)
+
+
+def checkpoints_newest_first(ckpt_dir: Path) -> list[Path]:
+    """step_<N>.pt by step, newest first, with last.pt before every step file that is not newer than it.
 
     Every save writes step_<N>.pt before last.pt, so a kill between the two leaves the step file newer.
     """
-    steps = step_checkpoints(ckpt_dir)
+    candidates = step_checkpoints(ckpt_dir)[::-1]
     last = Path(ckpt_dir) / "last.pt"
-    if steps and (not last.is_file() or steps[-1].stat().st_mtime_ns >= last.stat().st_mtime_ns):
-        return steps[-1]
-    return last if last.is_file() else None
+    if last.is_file():
+        newer_steps = [p for p in candidates if p.stat().st_mtime_ns >= last.stat().st_mtime_ns]
+        candidates.insert(len(newer_steps), last)
+    return candidates
+
+
+# What a run writes into its run dir; train.overwrite=true deletes these before starting over.
+RUN_OUTPUTS = ("checkpoints", "logs.json.txt", "swanlog", "rollouts", "policy.pt", "eval")
+
+
+def clear_run_outputs(run_dir: Path) -> list[Path]:
+    """Delete what an earlier run left in `run_dir` (RUN_OUTPUTS); returns what was deleted."""
+    removed = [Path(run_dir) / name for name in RUN_OUTPUTS if (Path(run_dir) / name).exists()]
+    for path in removed:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return removed
 
 
 def prune_step_checkpoints(ckpt_dir: Path, keep_last: int) -> list[Path]:

@@ -5,6 +5,7 @@ Outputs go to the run dir: checkpoints/, logs.json.txt, swanlog/ and rollouts/.
 """
 import math
 import os
+import signal
 import time
 import warnings
 from contextlib import contextmanager
@@ -16,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from roboimi.atomic_file import remove_stale_temp_files
+from roboimi.atomic_file import atomic_write_path, remove_stale_temp_files
 from roboimi.vla.checkpoint import (
+    CorruptCheckpointError,
     capture_rng_state,
     load_checkpoint,
     model_config_differences,
@@ -33,7 +35,8 @@ from roboimi.vla.experiment_logger import ExperimentLogger
 from roboimi.vla.fast_paths import attention_backends, bf16_autocast, use_channels_last
 from roboimi.vla.models.heads.external_checkpoint import load_external_imf_head_state_dict
 from roboimi.vla.optim import build_lr_scheduler, build_optimizer
-from roboimi.vla.run_dir import RunDirLock, newest_checkpoint, prune_step_checkpoints
+from roboimi.vla.graceful_stop import GracefulStop
+from roboimi.vla.run_dir import RunDirLock, checkpoints_newest_first, clear_run_outputs, prune_step_checkpoints
 from roboimi.vla.runtime import seed_everything
 from roboimi.vla.settings import validate_train_settings
 
@@ -66,21 +69,41 @@ def fill_data_dims(cfg: DictConfig, bundle) -> None:
     cfg.data.image_shape = list(bundle.image_shape) if bundle.image_shape else None  # None: no cameras
 
 
-def resolve_resume_path(train_cfg, ckpt_dir: Path) -> Path | None:
-    """The checkpoint to continue from, or None to start fresh; a fresh start never replaces earlier checkpoints."""
-    newest = newest_checkpoint(ckpt_dir)
+def resume_candidates(train_cfg, ckpt_dir: Path) -> list[Path]:
+    """Checkpoints to continue from, most preferred first (train.resume=auto: newest first, and the first readable
+    one is used), or [] to start fresh; a fresh start never replaces earlier checkpoints unless train.overwrite."""
+    candidates = checkpoints_newest_first(ckpt_dir)
     if train_cfg.resume == "auto":
-        if newest is None:
+        if not candidates:
             print(f"train.resume=auto: no checkpoint in {ckpt_dir}, starting fresh.")
-        return newest
+        return candidates
     if train_cfg.resume is not None:
-        return Path(train_cfg.resume)
-    if newest is not None and not train_cfg.overwrite:
+        return [Path(train_cfg.resume)]
+    if candidates and not train_cfg.overwrite:
         raise RuntimeError(
-            f"{ckpt_dir} already holds checkpoints (newest: {newest.name}). Continue that run with train.resume=auto, "
-            f"start over in place with train.overwrite=true, or pick another hydra.run.dir."
+            f"{ckpt_dir} already holds checkpoints (newest: {candidates[0].name}). Continue that run with "
+            f"train.resume=auto, start over in place with train.overwrite=true, or pick another hydra.run.dir."
         )
-    return None
+    return []
+
+
+def load_resume_checkpoint(candidates: list[Path]) -> tuple[dict, Path]:
+    """The first readable checkpoint of `candidates`, naming each unreadable one it skips."""
+    for position, path in enumerate(candidates):
+        try:
+            checkpoint = load_checkpoint(path)
+        except CorruptCheckpointError as error:
+            if position == len(candidates) - 1:
+                raise
+            print(f"train.resume=auto: skipping {path}, which cannot be read ({error}); trying {candidates[position + 1]}.")
+            continue
+        if "optimizer" not in checkpoint:
+            raise ValueError(
+                f"{path} is an evaluation export (policy.pt: weights and config only) and cannot be resumed. Resume "
+                f"from the run's full checkpoint, {path.parent / 'checkpoints' / 'last.pt'}, or train.resume=auto."
+            )
+        return checkpoint, path
+    raise AssertionError("load_resume_checkpoint needs at least one candidate")
 
 
 class Trainer:
@@ -91,7 +114,9 @@ class Trainer:
     size); rank 0 alone logs, writes checkpoints and runs rollouts, and the other ranks wait at a barrier.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: Path):
+    def __init__(self, cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None):
+        """`overrides`: the command line's `key=value` list, written with the config to <run_dir>/.hydra/ once the
+        run dir is locked (so a refused second run changes nothing there)."""
         validate_train_settings(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -100,6 +125,8 @@ class Trainer:
         self.device = self.dist.device
         self.lock = RunDirLock(self.run_dir) if self.dist.is_main else None
         try:
+            if self.dist.is_main:
+                self._write_run_config(cfg, overrides or [])
             self._build(cfg)
         except BaseException:
             self.close()
@@ -110,11 +137,20 @@ class Trainer:
         if self.lock is not None:
             self.lock.release()
 
+    def _write_run_config(self, cfg: DictConfig, overrides: list[str]) -> None:
+        """<run_dir>/.hydra/config.yaml and overrides.yaml, what Hydra would write, but after the lock."""
+        for name, content in (("config.yaml", OmegaConf.to_yaml(cfg)), ("overrides.yaml", OmegaConf.to_yaml(list(overrides)))):
+            with atomic_write_path(self.run_dir / ".hydra" / name) as tmp_path:
+                tmp_path.write_text(content)
+
     def _build(self, cfg: DictConfig) -> None:
+        resume_paths = resume_candidates(cfg.train, self.ckpt_dir)
         if self.dist.is_main:
-            for stale in remove_stale_temp_files(self.ckpt_dir):
-                print(f"Removed {stale}, left by an interrupted checkpoint write.")
-        resume_path = resolve_resume_path(cfg.train, self.ckpt_dir)
+            if cfg.train.overwrite and not resume_paths:
+                for removed in clear_run_outputs(self.run_dir):
+                    print(f"train.overwrite=true: deleted {removed} of the earlier run.")
+            for stale in remove_stale_temp_files(self.ckpt_dir) + remove_stale_temp_files(self.run_dir):
+                print(f"Removed {stale}, left by an interrupted write.")
         seed_everything(cfg.train.seed + self.dist.rank)
 
         self.bundle = build_datasets(
@@ -158,8 +194,8 @@ class Trainer:
         self.last_rollout_step = None
         self.last_success_rate = None  # of this process's latest rollout validation
         self.config_dict = OmegaConf.to_container(cfg, resolve=True)
-        if resume_path is not None:
-            self.resume_from(resume_path)
+        if resume_paths:
+            self.resume_from(resume_paths)
 
         self.logger = ExperimentLogger(
             self.run_dir,
@@ -221,8 +257,9 @@ class Trainer:
         self.dist.barrier()
         return path
 
-    def resume_from(self, path: Path) -> None:
-        checkpoint = load_checkpoint(path)
+    def resume_from(self, candidates: list[Path]) -> None:
+        """Continue from the first readable checkpoint of `candidates` (see load_resume_checkpoint)."""
+        checkpoint, path = load_resume_checkpoint(candidates)
         differences = model_config_differences(checkpoint["config"], self.config_dict)
         if differences:
             raise ValueError(
@@ -357,8 +394,30 @@ class Trainer:
             print(self.describe(), flush=True)
         self.agent.train()
         bar = tqdm(total=cfg.max_steps, initial=self.global_step, desc="train", dynamic_ncols=True, disable=not self.dist.is_main)
+        with GracefulStop() as stop:
+            self._loop(bar, stop)
+        bar.close()
+        if stop.requested:
+            self.stop_early(stop.signum)
+        if self.global_step % cfg.save_freq != 0:
+            self.save(f"step_{self.global_step}.pt")
+        if cfg.rollout_val_freq_epochs > 0 and self.last_rollout_step != self.global_step:
+            self.rollout_validation()  # the success curve ends at the weights the run leaves behind
+        if self.dist.is_main:
+            self.export_policy()
+        self.finish()
+        if self.dist.is_main:
+            final = "" if self.last_success_rate is None else f", final rollout success rate {self.last_success_rate:.0%}"
+            print(
+                f"Training done: {self.global_step} steps{final}. Policy for evaluation: {self.run_dir / 'policy.pt'}; "
+                f"full checkpoint to resume: {self.ckpt_dir / 'last.pt'}; metrics: {self.logger.jsonl_path}"
+            )
+
+    def _loop(self, bar, stop: GracefulStop) -> None:
+        """Train until train.max_steps, or until a stop signal, which is honoured between steps."""
+        cfg = self.cfg.train
         last_log_time, last_log_step = time.perf_counter(), self.global_step
-        while self.global_step < cfg.max_steps:
+        while self.global_step < cfg.max_steps and not stop.requested:
             self.batch_sampler.set_epoch(self.epoch, skip_batches=self.batches_done_in_epoch)
             for batch in self.train_loader:
                 loss, grad_norm = self.train_step(batch)
@@ -378,26 +437,27 @@ class Trainer:
                     self.save(f"step_{self.global_step}.pt")
                     if cfg.rollout_validate_on_checkpoint:
                         self.rollout_validation()
-                if self.global_step >= cfg.max_steps:
+                if self.global_step >= cfg.max_steps or stop.requested:
                     break
             else:
                 self.end_of_epoch()
-        bar.close()
-        if self.global_step % cfg.save_freq != 0:
-            self.save(f"step_{self.global_step}.pt")
-        if cfg.rollout_val_freq_epochs > 0 and self.last_rollout_step != self.global_step:
-            self.rollout_validation()  # the success curve ends at the weights the run leaves behind
+
+    def stop_early(self, signum: int) -> None:
+        """After a stop signal: checkpoint the finished steps, say how to continue, exit with 128 + signum."""
+        path = self.save(f"step_{self.global_step}.pt")
+        self.finish()
         if self.dist.is_main:
-            self.export_policy()
+            print(
+                f"Stopped by {signal.Signals(signum).name} at step {self.global_step} of {self.cfg.train.max_steps}; "
+                f"checkpoint {path}. Continue with the same command plus train.resume=auto."
+            )
+        raise SystemExit(128 + signum)
+
+    def finish(self) -> None:
+        """Close the trackers and the process group, release the run dir."""
         self.logger.finish()
         self.dist.close()
         self.close()
-        if self.dist.is_main:
-            final = "" if self.last_success_rate is None else f", final rollout success rate {self.last_success_rate:.0%}"
-            print(
-                f"Training done: {self.global_step} steps{final}. Policy for evaluation: {self.run_dir / 'policy.pt'}; "
-                f"full checkpoint to resume: {self.ckpt_dir / 'last.pt'}; metrics: {self.logger.jsonl_path}"
-            )
 
     def end_of_epoch(self) -> None:
         if self.val_loader is not None:

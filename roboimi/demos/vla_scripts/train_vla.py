@@ -17,7 +17,8 @@ from roboimi.vla.trainer import Trainer
 
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
-    Trainer(cfg, Path(HydraConfig.get().runtime.output_dir)).fit()
+    hydra_cfg = HydraConfig.get()
+    Trainer(cfg, Path(hydra_cfg.runtime.output_dir), overrides=list(hydra_cfg.overrides.task)).fit()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
 """One run per run dir: the lock, refusing to overwrite checkpoints, resume=auto's choice, temp files, retention,
 settings checked before any work, and a head started from a RoboIMI checkpoint."""
+import io
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import torch
@@ -10,7 +15,19 @@ import torch
 from roboimi.vla.checkpoint import load_checkpoint
 from roboimi.vla.run_dir import RunDirLock, newest_checkpoint
 from roboimi.vla.trainer import Trainer
-from tests.tiny_config import TinyDatasetTestCase, compose_tiny
+from tests.tiny_config import TinyDatasetTestCase, compose_tiny, tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = ROOT / "roboimi" / "demos" / "vla_scripts" / "train_vla.py"
+
+
+def start_training(run_dir: Path, overrides: list[str]) -> subprocess.Popen:
+    """train_vla.py in a child process, as a user starts it; stdout and stderr merged."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, str(TRAIN_SCRIPT), *overrides, f"hydra.run.dir={run_dir}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
 
 
 class RunDirTest(TinyDatasetTestCase):
@@ -91,6 +108,69 @@ class RunDirTest(TinyDatasetTestCase):
         for key, value in trainer.agent.noise_pred_net.state_dict().items():
             torch.testing.assert_close(value, expected[key], rtol=0, atol=0, msg=key)
         trainer.close()
+
+    def test_overwrite_leaves_nothing_of_the_earlier_run(self):
+        self.train("replaced", ["train.max_steps=4", "train.save_freq=1"])
+        self.train("replaced", ["train.max_steps=1", "train.save_freq=1", "train.overwrite=true"])
+        run_dir = self.run_dir("replaced")
+        self.assertEqual(sorted(p.name for p in (run_dir / "checkpoints").iterdir()), ["last.pt", "step_1.pt"])
+        steps = [json.loads(line)["step"] for line in (run_dir / "logs.json.txt").read_text().splitlines()]
+        self.assertEqual(steps, [1])
+
+    def test_resume_auto_falls_back_past_unreadable_checkpoints_naming_them(self):
+        self.train("corrupt", ["train.max_steps=4", "train.save_freq=2"])
+        ckpt_dir = self.run_dir("corrupt") / "checkpoints"
+        for name in ("last.pt", "step_4.pt"):  # e.g. a disk that filled up under both writes
+            (ckpt_dir / name).write_bytes(b"\x00garbage")
+        output = io.StringIO()
+        with redirect_stdout(output):
+            trainer = Trainer(
+                compose_tiny("resnet_transformer", self.data_dir, ["train.resume=auto", "train.max_steps=6"]),
+                self.run_dir("corrupt"),
+            )
+        self.assertEqual(trainer.global_step, 2)
+        self.assertIn(f"skipping {ckpt_dir / 'last.pt'}", output.getvalue())
+        self.assertIn(f"skipping {ckpt_dir / 'step_4.pt'}", output.getvalue())
+        trainer.close()
+
+    def test_resuming_from_a_policy_export_points_at_the_full_checkpoint(self):
+        self.train("export", ["train.max_steps=2"])
+        policy = self.run_dir("export") / "policy.pt"
+        with self.assertRaisesRegex(ValueError, r"policy\.pt is an evaluation export.*checkpoints/last\.pt"):
+            Trainer(compose_tiny("resnet_transformer", self.data_dir, [f"train.resume={policy}"]), self.run_dir("export"))
+
+    def test_a_refused_second_run_writes_nothing_into_the_run_dir(self):
+        run_dir = self.run_dir("busy")
+        lock = RunDirLock(run_dir)
+        try:
+            child = start_training(run_dir, tiny_overrides("resnet_transformer", self.data_dir))
+            output, _ = child.communicate(timeout=120)
+        finally:
+            lock.release()
+        self.assertNotEqual(child.returncode, 0)
+        self.assertIn("in use by another training process", output)
+        self.assertEqual(sorted(p.name for p in run_dir.iterdir()), [".run.lock"])
+
+    def test_sigterm_and_ctrl_c_stop_at_a_step_boundary_with_a_checkpoint(self):
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with self.subTest(signal=signum.name):
+                run_dir = self.run_dir(f"stopped_{signum.name}")
+                extra = ["train.max_steps=100000", "train.save_freq=100000", "train.log_freq=1"]
+                child = start_training(run_dir, tiny_overrides("resnet_transformer", self.data_dir, extra))
+                while not (run_dir / "logs.json.txt").is_file():  # training has started
+                    self.assertIsNone(child.poll(), "training ended before it was signalled")
+                    time.sleep(0.2)
+                child.send_signal(signum)
+                output, _ = child.communicate(timeout=120)
+                self.assertEqual(child.returncode, 128 + signum, output)
+                self.assertNotIn("Traceback", output)
+                self.assertIn("train.resume=auto", output)
+                step = load_checkpoint(run_dir / "checkpoints" / "last.pt")["global_step"]
+                self.assertGreater(step, 0)
+                self.assertTrue((run_dir / "checkpoints" / f"step_{step}.pt").is_file())
+                trainer = Trainer(compose_tiny("resnet_transformer", self.data_dir, ["train.resume=auto"]), run_dir)
+                self.assertEqual(trainer.global_step, step)
+                trainer.close()
 
     def test_lock_is_released_when_the_trainer_fails_to_build(self):
         run_dir = self.run_dir("failed_build")

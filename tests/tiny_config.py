@@ -17,9 +17,9 @@ TINY_HEADS = {
 }
 
 
-def compose_tiny(agent: str, dataset_dir, extra: list[str] = ()) -> DictConfig:
-    """Config for a 1-layer, 32-wide head, batch 2, a few CPU steps, no workers, no SwanLab, no rollouts."""
-    overrides = [
+def tiny_overrides(agent: str, dataset_dir, extra: list[str] = ()) -> list[str]:
+    """Command-line overrides for a 1-layer, 32-wide head, batch 2, a few CPU steps, no workers, no SwanLab, no rollouts."""
+    return [
         f"agent={agent}",
         *TINY_HEADS[agent],
         "agent.pred_horizon=8",
@@ -38,8 +38,12 @@ def compose_tiny(agent: str, dataset_dir, extra: list[str] = ()) -> DictConfig:
         "train.use_swanlab=false",
         *extra,
     ]
+
+
+def compose_tiny(agent: str, dataset_dir, extra: list[str] = ()) -> DictConfig:
+    """The config `tiny_overrides` composes."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return compose("config", overrides=overrides)
+        return compose("config", overrides=tiny_overrides(agent, dataset_dir, extra))
 
 
 class TinyDatasetTestCase(unittest.TestCase):

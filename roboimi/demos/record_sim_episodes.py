@@ -37,6 +37,7 @@ from gym_aloha.constants import FPS  # noqa: E402
 from roboimi.atomic_file import remove_stale_temp_files  # noqa: E402
 from roboimi.vla import CONFIG_DIR  # noqa: E402
 from roboimi.vla.data.episode_files import COMPRESSIONS, EPISODE_PATTERN, write_episode_file  # noqa: E402
+from roboimi.worker_process import die_with_parent  # noqa: E402
 
 CONFIG_NAME = "record_sim_episodes"
 SETTINGS_FILE = CONFIG_DIR / "record" / "default.yaml"
@@ -61,6 +62,7 @@ _worker_demonstrator: ScriptedDemonstrator | None = None  # the envs of a record
 
 def _init_worker(demonstrator_kwargs: dict):
     global _worker_demonstrator
+    die_with_parent()
     _worker_demonstrator = ScriptedDemonstrator(**demonstrator_kwargs)
 
 

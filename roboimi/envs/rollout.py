@@ -21,6 +21,7 @@ from tqdm import tqdm
 from roboimi.envs import media
 from roboimi.envs.registry import make_env
 from roboimi.envs.sim_env import InvalidActionError, SimulationDivergedError, check_action
+from roboimi.worker_process import die_with_parent
 
 TIMING_KEYS = ("obs_read_ms", "preprocess_ms", "inference_ms", "env_step_ms", "loop_total_ms")
 EPISODE_KEYS = ("seed", "return", "max_reward", "success", "steps", "aborted")
@@ -197,6 +198,7 @@ _worker_runner: _EpisodeRunner | None = None  # the env and policy of a rollout 
 
 def _init_worker(runner_kwargs: dict, torch_threads: int):
     global _worker_runner
+    die_with_parent()
     torch.set_num_threads(torch_threads)
     _worker_runner = _EpisodeRunner(**runner_kwargs)
 

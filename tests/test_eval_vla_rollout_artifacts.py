@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from roboimi.demos.vla_scripts import eval_vla
+from roboimi.vla.run_dir import RunDirLock
 from roboimi.vla.trainer import Trainer
 from tests.synthetic_episodes import write_dataset
 from tests.tiny_config import compose_tiny
@@ -102,6 +103,35 @@ class EvalVLAArtifactsTest(unittest.TestCase):
         self.assertTrue(any(p.suffix == ".gif" for p in swanlog.rglob("*")), "no rollout video in the SwanLab run")
         eval_log = [json.loads(line) for line in (self.run_dir / "eval_logs.json.txt").read_text().splitlines()]
         self.assertEqual((eval_log[0]["step"], eval_log[0]["eval/success_rate"]), (2, 0.0))
+
+    def test_a_busy_output_dir_is_refused_and_a_rerun_leaves_nothing_of_the_earlier_one(self):
+        out = Path(self.tmp.name) / "shared"
+        self.evaluate("shared", ["eval.num_episodes=2"])
+        self.assertTrue((out / "trajectory_1.npz").is_file())
+        other = RunDirLock(out)  # another evaluation writing there
+        try:
+            with self.assertRaisesRegex(RuntimeError, r"in use by another evaluation .*another eval\.output_dir"):
+                self.evaluate("shared", ["eval.num_episodes=1"])
+        finally:
+            other.release()
+        summary, _ = self.evaluate("shared", ["eval.num_episodes=1"])
+        self.assertEqual(summary["num_episodes"], 1)
+        self.assertEqual(sorted(p.name for p in out.glob("trajectory_*")), ["trajectory_0.npz", "trajectory_0.png"])
+
+    def test_eval_settings_are_named_before_the_checkpoint_is_read(self):
+        cases = {
+            "eval.num_episodes=two": r"eval\.num_episodes='two' is invalid: an integer >= 1",
+            "eval.num_episodes=0": r"eval\.num_episodes=0 is invalid",
+            "eval.num_workers=-3": r"eval\.num_workers=-3 is invalid",
+            f"eval.output_dir={self.ckpt}": r"eval\.output_dir=.* is invalid: .*not an existing file",
+            "eval.use_ema=maybe": r"eval\.use_ema='maybe' is invalid: true or false",
+        }
+        for override, message in cases.items():
+            with self.subTest(override=override), self.assertRaisesRegex(ValueError, message):
+                eval_vla.main(["ckpt_path=does/not/exist.pt", override])
+        if not torch.cuda.is_available():
+            with self.assertRaisesRegex(RuntimeError, r"device=cuda was asked for.*Use device=auto or device=cpu"):
+                eval_vla.main([f"ckpt_path={self.ckpt}", "device=cuda"])
 
     def test_unknown_key_is_rejected_with_usage(self):
         allowed = (

@@ -47,7 +47,7 @@ class RunDirTest(TinyDatasetTestCase):
         )
         try:
             self.assertEqual(holder.stdout.readline().strip(), "held")
-            with self.assertRaisesRegex(RuntimeError, rf"in use by another training process \(pid {holder.pid}\)"):
+            with self.assertRaisesRegex(RuntimeError, rf"in use by another training process \(pid {holder.pid}\)\. Wait for it"):
                 Trainer(compose_tiny("resnet_transformer", self.data_dir), run_dir)
         finally:
             holder.communicate("\n")

@@ -26,6 +26,16 @@ from roboimi.worker_process import die_with_parent
 TIMING_KEYS = ("obs_read_ms", "preprocess_ms", "inference_ms", "env_step_ms", "loop_total_ms")
 EPISODE_KEYS = ("seed", "return", "max_reward", "success", "steps", "aborted")
 SHEET_FRAMES = 6  # frames per episode on the contact sheet
+# What an evaluation writes into its output dir; a new evaluation there first deletes an earlier one's.
+EVALUATION_OUTPUTS = ("summary.json", "contact_sheet.png", "trajectory_*.npz", "trajectory_*.png", "episode_*.gif", "episode_*.mp4")
+
+
+def clear_evaluation_outputs(out: Path) -> list[Path]:
+    """Delete what an earlier evaluation left in `out` (EVALUATION_OUTPUTS), so no file of it sits beside the new one."""
+    removed = sorted({path for pattern in EVALUATION_OUTPUTS for path in out.glob(pattern)})
+    for path in removed:
+        path.unlink()
+    return removed
 
 
 def _to_numpy(action) -> np.ndarray:
@@ -263,6 +273,9 @@ def evaluate_policy(
     out = Path(output_dir) if output_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        removed = clear_evaluation_outputs(out)
+        if removed:
+            print(f"Deleted {len(removed)} files of an earlier evaluation in {out} (e.g. {removed[0].name}).")
     runner_kwargs = dict(
         policy=policy,
         env_kwargs=dict(task=task, image_size=image_size, camera_names=camera_names, shadows=shadows),

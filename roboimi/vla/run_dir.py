@@ -20,19 +20,22 @@ class RunDirLock:
     The kernel drops the lock when the process dies, so a killed run never leaves a stale lock behind.
     """
 
-    def __init__(self, run_dir: Path):
+    def __init__(
+        self,
+        run_dir: Path,
+        holder: str = "another training process",
+        fix: str = "Wait for it, stop it, or pick another hydra.run.dir.",
+    ):
+        """`holder` and `fix` word the refusal: who else uses the directory, and what to do about it."""
         self.path = Path(run_dir) / LOCK_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = self.path.read_text().strip() or "unknown"
+            pid = self.path.read_text().strip() or "unknown"
             os.close(self._fd)
-            raise RuntimeError(
-                f"Run dir {self.path.parent} is in use by another training process (pid {holder}). Wait for it, stop "
-                f"it, or pick another hydra.run.dir."
-            ) from None
+            raise RuntimeError(f"{self.path.parent} is in use by {holder} (pid {pid}). {fix}") from None
         os.ftruncate(self._fd, 0)
         os.write(self._fd, str(os.getpid()).encode())
 

@@ -1,13 +1,15 @@
-"""A run's settings: checks of the train.* keys, run before any data is read or any file is written (each failure
-names the key, the value given and the allowed range), and the dotted view of a config."""
+"""A run's settings: checks of the train.* and eval.* keys, run before any data or checkpoint is read or any file is
+written (each failure names the key, the value given and the allowed range), and the dotted view of a config."""
+from pathlib import Path
+
 from omegaconf import DictConfig
 
 SCHEDULER_TYPES = ("cosine", "constant")
 
 
-def _require(ok: bool, key: str, value, allowed: str) -> None:
+def _require(ok: bool, key: str, value, allowed: str, group: str = "train") -> None:
     if not ok:
-        raise ValueError(f"train.{key}={value!r} is invalid: {allowed}.")
+        raise ValueError(f"{group}.{key}={value!r} is invalid: {allowed}.")
 
 
 def _is_int(value) -> bool:
@@ -43,6 +45,25 @@ def validate_train_settings(cfg: DictConfig) -> None:
         _require(isinstance(train[key], bool), key, train[key], "true or false")
     resume = train.resume
     _require(resume is None or isinstance(resume, str), "resume", resume, "null, auto or a checkpoint path")
+
+
+def validate_eval_settings(evaluation: DictConfig) -> None:
+    """The eval.* keys eval_vla.py acts on, before the checkpoint is read."""
+    def require(ok, key, allowed):
+        _require(ok, key, evaluation[key], allowed, group="eval")
+
+    for key, meaning in (("num_episodes", "episodes to roll out"), ("num_workers", "rollout processes")):
+        require(_is_int(evaluation[key]) and evaluation[key] >= 1, key, f"an integer >= 1 ({meaning})")
+    require(_is_int(evaluation.seed), "seed", "an integer (episode i uses seed + i)")
+    require(evaluation.max_timesteps is None or (_is_int(evaluation.max_timesteps) and evaluation.max_timesteps >= 1),
+            "max_timesteps", "null (the task's episode length) or an integer >= 1")
+    require(evaluation.video_episodes is None or (_is_int(evaluation.video_episodes) and evaluation.video_episodes >= 0),
+            "video_episodes", "null (all) or an integer >= 0")
+    for key in ("use_ema", "record_video", "trajectory_image", "swanlab"):
+        require(isinstance(evaluation[key], bool), key, "true or false")
+    output_dir = evaluation.output_dir
+    require(output_dir is None or (isinstance(output_dir, str) and not Path(output_dir).is_file()), "output_dir",
+            "null (<run>/eval) or a directory path, not an existing file")
 
 
 def flatten_config(tree: dict, prefix: str = "") -> dict:

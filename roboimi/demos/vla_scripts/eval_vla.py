@@ -28,7 +28,9 @@ from roboimi.vla.checkpoint import build_agent_from_checkpoint, load_checkpoint
 from roboimi.vla.evaluation import evaluate_agent
 from roboimi.vla.experiment_logger import ExperimentLogger
 from roboimi.vla.fast_paths import apply_eval_fast_paths
+from roboimi.vla.run_dir import RunDirLock
 from roboimi.vla.runtime import resolve_device
+from roboimi.vla.settings import validate_eval_settings
 
 CONFIG_NAME = "eval_vla"
 EVAL_DEFAULTS = CONFIG_DIR / "eval" / "eval.yaml"
@@ -94,7 +96,8 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> dict:
     """Evaluate cfg.ckpt_path; `overrides`: the command line's `key=value` list, whose keys win over the stored config."""
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
         raise SystemExit(f"eval_vla.py needs the checkpoint to evaluate: pass ckpt_path=runs/<run>/policy.pt.\n{USAGE}")
-    device = resolve_device(cfg.device)
+    validate_eval_settings(cfg.eval)
+    device = resolve_device(cfg.device, key="device")
     ckpt_path = Path(cfg.ckpt_path)
     checkpoint = load_checkpoint(ckpt_path)
     checkpoint["config"] = checkpoint_config(cfg, checkpoint["config"], override_keys(overrides))
@@ -104,18 +107,20 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> dict:
         print(f"{ckpt_path} holds no EMA weights (trained with train.use_ema=false): evaluating the trained weights.")
     if cfg.eval.task is None:
         raise ValueError("The checkpoint has no built-in task to evaluate in (eval.task is null). Pass eval.task=sim_transfer or another registered task.")
-    output_dir = Path(cfg.eval.output_dir or run_dir_of(ckpt_path) / "eval")
+    output_dir = Path(cfg.eval.output_dir or default_output_dir(ckpt_path))
     agent.eval()  # the fast paths fold frozen statistics; the evaluator acts in eval mode anyway
     apply_eval_fast_paths(agent, cfg.eval)
-    summary = evaluate_agent(
-        agent, cfg, num_episodes=cfg.eval.num_episodes, output_dir=output_dir, record_video=cfg.eval.record_video
-    )
-    summary["checkpoint"] = str(ckpt_path)
-    summary["global_step"] = checkpoint["global_step"]
-    summary["weights"] = weights
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    if cfg.eval.swanlab:
-        log_to_swanlab(summary, cfg, ckpt_path)
+    lock = RunDirLock(output_dir, holder="another evaluation", fix="Wait for it, or pass another eval.output_dir.")
+    try:
+        summary = evaluate_agent(
+            agent, cfg, num_episodes=cfg.eval.num_episodes, output_dir=output_dir, record_video=cfg.eval.record_video
+        )
+        summary.update(checkpoint=str(ckpt_path), global_step=checkpoint["global_step"], weights=weights)
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        if cfg.eval.swanlab:
+            log_to_swanlab(summary, cfg, ckpt_path)
+    finally:
+        lock.release()
     print(report(summary, cfg))
     return summary
 
@@ -123,6 +128,13 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> dict:
 def run_dir_of(ckpt_path: Path) -> Path:
     """The training run a checkpoint belongs to: <run>/policy.pt or <run>/checkpoints/<name>.pt -> <run>."""
     return ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+
+
+def default_output_dir(ckpt_path: Path) -> Path:
+    """<run>/eval for a run's policy.pt or checkpoint; <dir>/eval/<name> for another file, such as a shipped policy."""
+    if ckpt_path.name == "policy.pt" or ckpt_path.parent.name == "checkpoints":
+        return run_dir_of(ckpt_path) / "eval"
+    return ckpt_path.parent / "eval" / ckpt_path.stem
 
 
 def report(summary: dict, cfg) -> str:

@@ -86,7 +86,9 @@ class RunDirTest(TinyDatasetTestCase):
         cases = {
             "train.save_freq=0": r"train\.save_freq=0 is invalid: an integer >= 1",
             "train.max_steps=0": r"train\.max_steps=0 is invalid: an integer >= 1",
-            "train.lr=-1e-4": r"train\.lr=-0\.0001 is invalid: a learning rate > 0",
+            "train.lr=-1e-4": r"train\.lr=-0\.0001 is invalid: a finite learning rate > 0",
+            "train.lr=inf": r"train\.lr=inf is invalid: a finite learning rate > 0",
+            "+train.max_stepz=3": r"Unknown train\.\* key\(s\) \['train\.max_stepz'\]; valid keys: device, val_split",
             "train.keep_last=-1": r"train\.keep_last=-1 is invalid",
             "train.val_split=1.0": r"train\.val_split=1\.0 is invalid: a fraction in \[0, 1\)",
             "train.scheduler_type=linear": r"train\.scheduler_type='linear' is invalid: one of \['cosine', 'constant'\]",

@@ -16,11 +16,17 @@ Where the loss is measured (`loss_space`):
        error is (x - x̂) / t there, so the velocity loss weighs a row by 1 / t^2 and the few nearly clean rows, whose
        best guess is their own input, dominate every gradient; the data-space loss weighs all noise levels alike.
 """
+import warnings
+
 import torch
 from torch.autograd import forward_ad
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from roboimi.vla.agent import VLAAgent
+
+# The first dual tensor makes torch load its forward-mode decompositions through torch.jit.script, which warns that
+# it is deprecated: torch's own internals, nothing a user can act on, so it stays off the first screen of a run.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 LOSS_TYPES = ("mse", "pseudo_huber")
 PREDICTIONS = ("u", "x")

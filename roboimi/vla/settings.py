@@ -1,8 +1,11 @@
 """A run's settings: checks of the train.* and eval.* keys, run before any data or checkpoint is read or any file is
 written (each failure names the key, the value given and the allowed range), and the dotted view of a config."""
+import math
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+from roboimi.vla import CONFIG_DIR
 
 SCHEDULER_TYPES = ("cosine", "constant")
 
@@ -16,7 +19,17 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def require_known_keys(section: DictConfig, group: str) -> None:
+    """Refuse keys that conf/<group>/ does not define (a `+train.max_stepz=3` typo would be silently ignored)."""
+    known = list(OmegaConf.load(CONFIG_DIR / group / f"{'eval' if group == 'eval' else 'default'}.yaml"))
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        raise ValueError(f"Unknown {group}.* key(s) {[f'{group}.{key}' for key in unknown]}; valid keys: {', '.join(known)}.")
+
+
 def validate_train_settings(cfg: DictConfig) -> None:
+    require_known_keys(cfg.train, "train")
+    require_known_keys(cfg.eval, "eval")
     train = cfg.train
     for key, meaning in (
         ("max_steps", "the number of optimizer steps"),
@@ -33,7 +46,7 @@ def validate_train_settings(cfg: DictConfig) -> None:
         ("rollout_val_freq_epochs", "rollouts every N epochs; 0 disables"),
     ):
         _require(_is_int(train[key]) and train[key] >= 0, key, train[key], f"an integer >= 0 ({meaning})")
-    _require(train.lr > 0, "lr", train.lr, "a learning rate > 0")
+    _require(isinstance(train.lr, (int, float)) and math.isfinite(train.lr) and train.lr > 0, "lr", train.lr, "a finite learning rate > 0")
     _require(0 <= train.min_lr <= train.lr, "min_lr", train.min_lr, f"within [0, train.lr={train.lr}]")
     _require(train.weight_decay >= 0, "weight_decay", train.weight_decay, "a value >= 0")
     _require(0 <= train.val_split < 1, "val_split", train.val_split, "a fraction in [0, 1)")
@@ -49,6 +62,7 @@ def validate_train_settings(cfg: DictConfig) -> None:
 
 def validate_eval_settings(evaluation: DictConfig) -> None:
     """The eval.* keys eval_vla.py acts on, before the checkpoint is read."""
+    require_known_keys(evaluation, "eval")
     def require(ok, key, allowed):
         _require(ok, key, evaluation[key], allowed, group="eval")
 

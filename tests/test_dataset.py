@@ -1,5 +1,6 @@
 import os
 import pickle
+import re
 import shlex
 import tempfile
 import unittest
@@ -408,3 +409,22 @@ class RecordCommandTest(unittest.TestCase):
             self.assertEqual(argv[:3], ["python", "roboimi/demos/record_sim_episodes.py", "task=sim_transfer"])
             (override,) = OverridesParser.create().parse_overrides(argv[3:])
             self.assertEqual((override.key_or_group, override.value()), ("dataset_dir", path))
+
+
+class CorruptImageChunkTest(unittest.TestCase):
+    def test_a_corrupt_compressed_chunk_names_the_episode_file_and_dataset(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "episode_0.hdf5")
+            rng = np.random.default_rng(0)
+            state = np.zeros((6, 4), np.float32)
+            write_episode_file(path, state, state, {"top": rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)})
+            with h5py.File(path, "r") as f:
+                offset = f["observations/images/top"].id.get_chunk_info(3).byte_offset
+            with open(path, "r+b") as f:  # overwrite frame 3's compressed bytes
+                f.seek(offset)
+                f.write(b"\xff" * 64)
+            bundle = build_datasets(tmp, ["top"], 2, 2, preload_images=False)
+            loader = DataLoader(bundle.train, batch_size=1, num_workers=1)
+            with self.assertRaisesRegex(OSError, rf"Episode file '{re.escape(path)}': frames 2-3 of observations/images/top"):
+                for _ in loader:
+                    pass

@@ -1,6 +1,9 @@
 """train_vla.py end to end on a tiny generated dataset: checkpoints, exact resume, failure handling."""
 import json
 import os
+import re
+import subprocess
+import sys
 import tempfile
 import unittest
 import warnings
@@ -181,6 +184,26 @@ class AtomicCheckpointTest(unittest.TestCase):
             save_checkpoint(path, {"global_step": 1, "config": {}})
             with self.assertRaises(Exception):
                 save_checkpoint(path, {"global_step": 2, "config": {}, "unpicklable": lambda: None})
+            self.assertEqual(load_checkpoint(path)["global_step"], 1)
+            self.assertEqual(sorted(p.name for p in Path(tmp).iterdir()), ["last.pt"])
+
+    def test_a_refused_write_names_the_file_the_cause_and_the_size_and_keeps_the_previous_file(self):
+        script = (
+            "import resource, signal, sys, torch\n"
+            "from roboimi.vla.checkpoint import save_checkpoint\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail instead of killing\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
+            "save_checkpoint(sys.argv[1], {'config': {}, 'global_step': 2, 'w': torch.zeros(1_000_000)})\n"
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "last.pt"
+            save_checkpoint(path, {"global_step": 1, "config": {}})
+            env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+            result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, env=env, timeout=120)
+            self.assertNotEqual(result.returncode, 0)
+            last_line = result.stderr.strip().splitlines()[-1]
+            self.assertRegex(last_line, rf"OSError: .*Could not write checkpoint {re.escape(str(path))}: .*refused the write")
+            self.assertIn("needs about 3.8 MiB", last_line)
             self.assertEqual(load_checkpoint(path)["global_step"], 1)
             self.assertEqual(sorted(p.name for p in Path(tmp).iterdir()), ["last.pt"])
 

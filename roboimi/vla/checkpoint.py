@@ -5,10 +5,12 @@ torch.load(weights_only=True): a crafted file cannot run code, and the agent it 
 classes only.
 """
 import copy
+import errno
 import importlib
 import pickle
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +29,48 @@ class CorruptCheckpointError(RuntimeError):
     """A checkpoint file that torch cannot read at all (truncated, overwritten, not a torch file)."""
 
 
+def tensor_bytes(tree) -> int:
+    """Bytes of the tensors in a nested dict / list payload: about what torch.save writes."""
+    if torch.is_tensor(tree):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, dict):
+        return sum(tensor_bytes(value) for value in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(tensor_bytes(value) for value in tree)
+    return 0
+
+
 def save_checkpoint(path, payload: dict) -> Path:
-    """torch.save through a temporary file + fsync + os.replace: never a half-written checkpoint."""
-    with atomic_write_path(path) as tmp_path:
-        torch.save(payload, tmp_path)
-    return Path(path)
+    """torch.save through a temporary file + fsync + os.replace: never a half-written checkpoint.
+
+    A write the file system refuses (disk full, file size limit) is an OSError naming the file, the cause and the
+    bytes needed; the previous file at `path` stays intact.
+    """
+    path = Path(path)
+    try:
+        with atomic_write_path(path) as tmp_path:
+            torch.save(payload, tmp_path)
+    except (OSError, RuntimeError) as error:
+        # torch reports a failed write as "enforce fail at inline_container.cc ... unexpected pos"; the OS's
+        # reason is in the error's chain or visible as too little free space.
+        cause = next((e for e in (error, error.__cause__, error.__context__) if isinstance(e, OSError)), None)
+        free = shutil.disk_usage(path.parent).free
+        needed = tensor_bytes(payload)
+        if cause is None and free >= needed and "unexpected pos" not in str(error):
+            raise
+        if cause is not None and cause.strerror:
+            reason, code = cause.strerror, cause.errno
+        elif free < needed:
+            reason, code = "no space left on the device", errno.ENOSPC
+        else:
+            reason, code = "the file system refused the write (a file size limit or a quota)", errno.EIO
+        raise OSError(
+            code,
+            f"Could not write checkpoint {path}: {reason}. It needs about {needed / 2**20:.1f} MiB; "
+            f"{free / 2**20:.1f} MiB are free on that file system. Free space (or lower train.keep_last), or point "
+            f"hydra.run.dir at another disk and resume with train.resume=auto; earlier checkpoints are intact.",
+        ) from error
+    return path
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

@@ -29,12 +29,13 @@ from benchmarks.common import describe_machine  # noqa: E402
 from roboimi.vla import CONFIG_DIR  # noqa: E402
 from roboimi.vla.trainer import Trainer  # noqa: E402
 
-# name -> overrides on top of the recipe: frames read from disk per sample (the old path), decoded once into
-# memory, and decoded once with channels-last convolutions.
+# name -> (overrides on top of the recipe, torch threads): frames read from disk per sample (the old path), decoded
+# once into memory, decoded once with channels-last convolutions, and decoded once with both cores for the one run.
 VARIANTS = {
-    "disk": ["data.preload_images=false", "train.channels_last=false"],
-    "preload": ["data.preload_images=true", "train.channels_last=false"],
-    "preload+channels_last": ["data.preload_images=true", "train.channels_last=true"],
+    "disk": (["data.preload_images=false", "train.channels_last=false"], 1),
+    "preload": (["data.preload_images=true", "train.channels_last=false"], 1),
+    "preload+channels_last": (["data.preload_images=true", "train.channels_last=true"], 1),
+    "preload+2_threads": (["data.preload_images=true", "train.channels_last=false"], 2),
 }
 
 
@@ -64,7 +65,6 @@ def main() -> None:
     parser.add_argument("--train", default="image_cpu")
     parser.add_argument("--cameras", nargs="+", default=["r_vis", "top", "front"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
@@ -76,13 +76,14 @@ def main() -> None:
         f"data.camera_names=[{','.join(args.cameras)}]", "train.rollout_val_freq_epochs=0", "train.device=cpu",
     ]
     print(f"{args.agent} / {args.train} on {args.dataset_dir}, cameras {args.cameras}; "
-          f"{describe_machine(torch.device('cpu'), args.threads)}; {args.rounds} rounds of {args.steps} steps")
+          f"{describe_machine(torch.device('cpu'), 1)}; {args.rounds} rounds of {args.steps} steps")
     context = multiprocessing.get_context("spawn")
     results = {name: [] for name in args.variants}
     with context.Pool(1, maxtasksperchild=1) as pool:
         for _ in range(args.rounds):
             for name in args.variants:
-                result = pool.apply(measure, (recipe + VARIANTS[name], args.threads, args.warmup, args.steps))
+                overrides, threads = VARIANTS[name]
+                result = pool.apply(measure, (recipe + overrides, threads, args.warmup, args.steps))
                 results[name].append(result)
                 print(f"  {name:<22} {result['samples_per_s']:6.1f} samples/s  first loss {result['first_loss']:.6f}")
     base = statistics.median(r["samples_per_s"] for r in results[args.variants[0]])

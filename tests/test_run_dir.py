@@ -179,3 +179,19 @@ class RunDirTest(TinyDatasetTestCase):
         with self.assertRaises(ValueError):
             Trainer(compose_tiny("resnet_transformer", self.data_dir, ["train.batch_size=1000"]), run_dir)
         RunDirLock(run_dir).release()
+
+
+class UnwritableRunDirTest(TinyDatasetTestCase):
+    def test_a_file_or_a_read_only_dir_as_run_dir_is_named_with_the_fix(self):
+        blocker = self.data_dir.parent / "a_file"
+        blocker.write_text("")
+        read_only = self.data_dir.parent / "read_only"
+        read_only.mkdir()
+        read_only.chmod(0o555)
+        self.addCleanup(read_only.chmod, 0o755)
+        cases = [blocker / "run"]
+        if os.geteuid() != 0:  # root writes through permission bits
+            cases.append(read_only / "run")
+        for run_dir in cases:
+            with self.subTest(run_dir=run_dir), self.assertRaisesRegex(OSError, rf"Cannot write into {run_dir}.*hydra\.run\.dir"):
+                Trainer(compose_tiny("resnet_transformer", self.data_dir), run_dir)

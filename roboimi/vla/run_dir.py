@@ -28,8 +28,15 @@ class RunDirLock:
     ):
         """`holder` and `fix` word the refusal: who else uses the directory, and what to do about it."""
         self.path = Path(run_dir) / LOCK_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:  # read-only, no permission, or a file where the directory should be
+            raise OSError(
+                error.errno,
+                f"Cannot write into {self.path.parent} ({error.strerror}): it must be a directory this user can "
+                f"write. {fix}",
+            ) from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -2,16 +2,19 @@
 # The policy comparison with the committed recipes: the DDPM/DDIM baseline against IMF-AttnRes, scored over the
 # same 50 held-out seeds (1000-1049) at DDIM-10, IMF-1 and IMF-2.
 #
-#   1. from state on sim_transfer and sim_insertion: benchmarks/state_recipes.sh (about 1.2 h on 2 CPU cores);
-#   2. from images on sim_transfer: one 96x96 top camera, 120 demos, agent=image_transformer | image_imf_attnres,
-#      train=image_cpu, the two agents side by side on one core each (about 1.5 h, and 15-30 min of recording).
+#   1. state: from state on sim_transfer and sim_insertion, benchmarks/state_recipes.sh (about 1.2 h on 2 CPU cores);
+#   2. images: sim_transfer from one 96x96 top camera, 120 demos, agent=image_transformer | image_imf_attnres,
+#      train=image_cpu, the two agents side by side on one core each (about 1.5 h);
+#   3. images_3cam: the same agents from the three 96x96 cameras (r_vis, top, front, one encoder each),
+#      train=image_cpu_3cam (about 1.5 h).
+#   Both image parts train from one 3-camera recording (about 16 min with two recording workers).
 #
-#   bash benchmarks/compare_policies.sh                 # both parts
-#   PARTS=images bash benchmarks/compare_policies.sh    # one part
+#   bash benchmarks/compare_policies.sh                      # all parts
+#   PARTS=images_3cam bash benchmarks/compare_policies.sh    # one part
 #   QUICK=1 PARTS=images bash benchmarks/compare_policies.sh   # tiny sizes, a few minutes: the pipeline end to end
 #   # the 3-camera ResNet-18 recipe (a GPU's job, docs/training_at_scale.md):
-#   DDPM_AGENT=resnet_transformer IMF_AGENT=resnet_imf_attnres DATA_CONFIG=sim_transfer CAMERAS=[r_vis,top,front] \
-#     TRAIN=default EPISODES=50 PARTS=images bash benchmarks/compare_policies.sh
+#   DDPM_AGENT=resnet_transformer IMF_AGENT=resnet_imf_attnres TRAIN=default EPISODES=50 PARTS=images_3cam \
+#     bash benchmarks/compare_policies.sh
 #
 # Each stage skips work already done: the recorder resumes after the last complete episode, training resumes
 # from its run dir (train.resume=auto), an eval with a summary.json is not repeated. docs/results.md has the
@@ -20,26 +23,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-.venv/bin/python}
-PARTS=${PARTS:-"state images"}
+PARTS=${PARTS:-"state images images_3cam"}
 if [ "${QUICK:-0}" = 1 ]; then
     EPISODES=${EPISODES:-2}; EVAL_EPISODES=${EVAL_EPISODES:-2}; EVAL_MAX_TIMESTEPS=${EVAL_MAX_TIMESTEPS:-20}
-    OUT=${OUT:-runs/compare_quick}; DATA_DIR=${DATA_DIR:-data/compare_quick/sim_transfer_top}
+    OUT=${OUT:-runs/compare_quick}; DATA_DIR=${DATA_DIR:-data/compare_quick/sim_transfer_3cam}
     EXTRA=${EXTRA:-"train.max_steps=20 train.warmup_steps=2 train.log_freq=5 train.save_freq=20"}
     EXTRA="$EXTRA train.rollout_val_freq_epochs=0"
 fi
 DDPM_AGENT=${DDPM_AGENT:-image_transformer}
 IMF_AGENT=${IMF_AGENT:-image_imf_attnres}
-DATA_CONFIG=${DATA_CONFIG:-sim_transfer_top}
-CAMERAS=${CAMERAS:-[top]}
 IMAGE=${IMAGE:-96}                    # square camera images (px), recorded and trained at this size
 EPISODES=${EPISODES:-120}             # scripted sim_transfer demos (seeds 0..)
-TRAIN=${TRAIN:-image_cpu}             # the train preset: steps, batch, lr, EMA, rollout validation
 EXTRA=${EXTRA:-}                      # more Hydra overrides for both agents, e.g. "train.max_steps=9000"
 EVAL_EPISODES=${EVAL_EPISODES:-50}    # held-out rollouts per policy (seeds 1000..)
 EVAL_MAX_TIMESTEPS=${EVAL_MAX_TIMESTEPS:-null}  # null = the task's episode length
 OUT=${OUT:-runs/compare}
-DATA_DIR=${DATA_DIR:-data/sim_transfer_${IMAGE}px_$EPISODES}
-FIGURES=${FIGURES:-$OUT/figures}
+# Both image parts train from one 3-camera recording; the one-camera part reads only its top camera.
+DATA_DIR=${DATA_DIR:-data/sim_transfer_3cam_${IMAGE}px_$EPISODES}
 # On a shared CPU, more threads than free cores make every op wait on the slowest thread.
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
@@ -47,45 +47,55 @@ if [[ " $PARTS " == *" state "* ]]; then
     echo "== part 1: the state recipes (benchmarks/state_recipes.sh)"
     OUT=$OUT/state bash benchmarks/state_recipes.sh
 fi
-[[ " $PARTS " == *" images "* ]] || exit 0
+[[ " $PARTS " == *" images"* ]] || exit 0
 "$PYTHON" -c "import matplotlib" 2>/dev/null || "$PYTHON" -m pip install -q -e ".[bench]"  # the plots
 
-echo "== part 2: record $EPISODES sim_transfer demos, cameras $CAMERAS at ${IMAGE}x${IMAGE}, in $DATA_DIR"
+echo "== record $EPISODES sim_transfer demos, cameras [r_vis,top,front] at ${IMAGE}x${IMAGE}, in $DATA_DIR"
 "$PYTHON" roboimi/demos/record_sim_episodes.py task=sim_transfer num_episodes="$EPISODES" \
-    dataset_dir="$DATA_DIR" camera_names="$CAMERAS" image_size="[$IMAGE,$IMAGE]" seed=0
+    dataset_dir="$DATA_DIR" camera_names="[r_vis,top,front]" image_size="[$IMAGE,$IMAGE]" seed=0 num_workers=2
 
-train() {  # train NAME AGENT_CONFIG
-    local run_dir=$OUT/train_$1
-    echo "== train $1 ($2, train=$TRAIN) in $run_dir (log: $run_dir.log)"
+train() {  # train PART_DIR NAME AGENT_CONFIG DATA_CONFIG CAMERAS TRAIN_PRESET
+    local run_dir=$1/train_$2
+    echo "== train $2 ($3, cameras $5, train=$6) in $run_dir (log: $run_dir.log)"
     # shellcheck disable=SC2086
-    "$PYTHON" roboimi/demos/vla_scripts/train_vla.py agent="$2" data="$DATA_CONFIG" train="$TRAIN" \
-        data.dataset_dir="$DATA_DIR" data.camera_names="$CAMERAS" train.resume=auto hydra.run.dir="$run_dir" \
+    "$PYTHON" roboimi/demos/vla_scripts/train_vla.py agent="$3" data="$4" train="$6" \
+        data.dataset_dir="$DATA_DIR" data.camera_names="$5" train.resume=auto hydra.run.dir="$run_dir" \
         $EXTRA > "$run_dir.log" 2>&1
 }
 
-evaluate() {  # evaluate NAME INFERENCE_STEPS
-    local out_dir=$OUT/eval_${1}_nfe$2
+evaluate() {  # evaluate PART_DIR NAME INFERENCE_STEPS
+    local out_dir=$1/eval_${2}_nfe$3
     if [ -f "$out_dir/summary.json" ]; then
         echo "== $out_dir/summary.json exists, evaluation skipped"
         return
     fi
-    echo "== evaluate $1 at $2 steps over $EVAL_EPISODES rollouts in $out_dir"
-    "$PYTHON" roboimi/demos/vla_scripts/eval_vla.py ckpt_path="$OUT/train_$1/policy.pt" agent.inference_steps="$2" \
+    echo "== evaluate $2 at $3 steps over $EVAL_EPISODES rollouts in $out_dir"
+    "$PYTHON" roboimi/demos/vla_scripts/eval_vla.py ckpt_path="$1/train_$2/policy.pt" agent.inference_steps="$3" \
         eval.num_episodes="$EVAL_EPISODES" eval.max_timesteps="$EVAL_MAX_TIMESTEPS" eval.output_dir="$out_dir" \
         eval.trajectory_image=false eval.num_workers=2
 }
 
-mkdir -p "$OUT"
-train ddpm "$DDPM_AGENT" & ddpm_pid=$!
-train imf "$IMF_AGENT" & imf_pid=$!
-wait $ddpm_pid || { echo "DDPM training failed; see $OUT/train_ddpm.log"; exit 1; }
-wait $imf_pid || { echo "IMF training failed; see $OUT/train_imf.log"; exit 1; }
-evaluate ddpm 10
-evaluate imf 1
-evaluate imf 2
+image_part() {  # image_part NAME DATA_CONFIG CAMERAS TRAIN_PRESET: DDPM and IMF side by side, then 50 rollouts each
+    local part=$OUT/$1
+    echo "== part $1: $DDPM_AGENT vs $IMF_AGENT, data=$2, cameras $3, train=$4, in $part"
+    mkdir -p "$part"
+    train "$part" ddpm "$DDPM_AGENT" "$2" "$3" "$4" & local ddpm_pid=$!
+    train "$part" imf "$IMF_AGENT" "$2" "$3" "$4" & local imf_pid=$!
+    wait $ddpm_pid || { echo "DDPM training failed; see $part/train_ddpm.log"; exit 1; }
+    wait $imf_pid || { echo "IMF training failed; see $part/train_imf.log"; exit 1; }
+    evaluate "$part" ddpm 10
+    evaluate "$part" imf 1
+    evaluate "$part" imf 2
+    "$PYTHON" benchmarks/summarize_results.py \
+        --train DDPM "$part/train_ddpm" --train IMF "$part/train_imf" \
+        --eval DDIM-10 10 "$part/eval_ddpm_nfe10" --eval IMF-1 1 "$part/eval_imf_nfe1" --eval IMF-2 2 "$part/eval_imf_nfe2" \
+        --figures-dir "$part/figures" --out "$part/results.md"
+    cat "$part/results.md"
+}
 
-"$PYTHON" benchmarks/summarize_results.py \
-    --train DDPM "$OUT/train_ddpm" --train IMF "$OUT/train_imf" \
-    --eval DDIM-10 10 "$OUT/eval_ddpm_nfe10" --eval IMF-1 1 "$OUT/eval_imf_nfe1" --eval IMF-2 2 "$OUT/eval_imf_nfe2" \
-    --figures-dir "$FIGURES" --out "$OUT/results.md"
-cat "$OUT/results.md"
+if [[ " $PARTS " == *" images "* ]]; then
+    image_part images sim_transfer_top "[top]" "${TRAIN:-image_cpu}"
+fi
+if [[ " $PARTS " == *" images_3cam "* ]]; then
+    image_part images_3cam sim_transfer "[r_vis,top,front]" "${TRAIN:-image_cpu_3cam}"
+fi

@@ -108,6 +108,22 @@ class RecorderTest(unittest.TestCase):
             with self.assertRaisesRegex(ValueError, "num_workers must be >= 1"):
                 record_episodes(num_episodes=1, dataset_dir=Path(tmp) / "bad", num_workers=0, **kwargs)
 
+    def test_an_error_while_recording_closes_the_renderers(self):
+        script = (
+            "import sys\n"
+            "from roboimi.demos import record_sim_episodes as recorder\n"
+            "def fail(*args, **kwargs):\n"
+            "    raise OSError('disk gone')\n"
+            "recorder.write_episode = fail\n"
+            "recorder.record_episodes('sim_transfer', 1, sys.argv[1], image_size=(16, 16), camera_names=['top'], progress=False)\n"
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+            result = subprocess.run([sys.executable, "-c", script, tmp], env=env, capture_output=True, text=True, timeout=300)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertEqual(result.stderr.strip().splitlines()[-1], "OSError: disk gone")  # the error is the last line
+        self.assertNotIn("Exception ignored", result.stderr)
+
     def test_rejects_unknown_compression(self):
         with tempfile.TemporaryDirectory() as tmp, self.assertRaisesRegex(ValueError, "gzip"):
             record_episodes("sim_transfer", 1, tmp, compression="zstd")

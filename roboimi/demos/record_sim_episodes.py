@@ -187,24 +187,26 @@ def record_episodes(
     demonstrator_kwargs = {"task": task, "image_size": image_size, "camera_names": camera_names}
     seeds = iter(range(next_seed, next_seed + max_attempts))
     demos = _demonstrations(demonstrator_kwargs, seeds, num_workers, still_needed=lambda: num_episodes - written)
-    for demo in demos:
-        attempts += 1
-        if demo.success:
-            write_episode(dataset_dir / f"episode_{written}.hdf5", demo, task, compression)
-            written += 1
-            bar.update(1)
-        else:
-            failures += 1
-            if save_failed:
-                failed_dir = dataset_dir / "failed"
-                failed_dir.mkdir(exist_ok=True)
-                write_episode(failed_dir / f"episode_seed_{demo.seed}.hdf5", demo, task, compression)
-        next_seed = demo.seed + 1
-        bar.set_postfix(attempts=attempts, failed=failures)
-        if written >= num_episodes:
-            break
-    demos.close()
-    bar.close()
+    try:  # the renderers close on every exit path, or the GL context reports its own error at interpreter exit
+        for demo in demos:
+            attempts += 1
+            if demo.success:
+                write_episode(dataset_dir / f"episode_{written}.hdf5", demo, task, compression)
+                written += 1
+                bar.update(1)
+            else:
+                failures += 1
+                if save_failed:
+                    failed_dir = dataset_dir / "failed"
+                    failed_dir.mkdir(exist_ok=True)
+                    write_episode(failed_dir / f"episode_seed_{demo.seed}.hdf5", demo, task, compression)
+            next_seed = demo.seed + 1
+            bar.set_postfix(attempts=attempts, failed=failures)
+            if written >= num_episodes:
+                break
+    finally:
+        demos.close()
+        bar.close()
     return {
         "task": task,
         "dataset_dir": str(dataset_dir),

@@ -93,10 +93,10 @@ class RecorderTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             kwargs = dict(task="sim_transfer", image_size=(16, 20), camera_names=("top",), seed=3, progress=False)
             sequential = record_episodes(num_episodes=3, dataset_dir=Path(tmp) / "seq", **kwargs)
-            # Two workers, stopped after one episode and resumed: the resumed run continues the seed sequence.
-            record_episodes(num_episodes=1, dataset_dir=Path(tmp) / "par", num_workers=2, **kwargs)
+            # Two workers, stopped after two episodes and resumed: the resumed run continues the seed sequence.
+            record_episodes(num_episodes=2, dataset_dir=Path(tmp) / "par", num_workers=2, **kwargs)
             parallel = record_episodes(num_episodes=3, dataset_dir=Path(tmp) / "par", num_workers=2, **kwargs)
-            self.assertEqual((parallel["episodes_written"], parallel["attempts"]), (2, 2))  # no attempt beyond need
+            self.assertEqual((parallel["episodes_written"], parallel["attempts"]), (1, 1))  # no attempt beyond need
             self.assertEqual(parallel["next_seed"], sequential["next_seed"])
             for index in range(3):
                 expected = contents(Path(tmp) / "seq" / f"episode_{index}.hdf5")

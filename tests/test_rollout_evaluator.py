@@ -136,15 +136,18 @@ class EvaluatorTest(unittest.TestCase):
             self.assertEqual(data["ee_positions"].shape, (13, 2, 3))
             self.assertEqual(data["actions"].shape, (12, 14))
             self.assertEqual(int(data["seed"]), 4)
-            # Holding still: the grippers stay at their start positions on either side of the table centre.
-            self.assertLess(data["ee_positions"][:, 0, 0].max(), -0.25)
-            self.assertGreater(data["ee_positions"][:, 1, 0].min(), 0.25)
+            # Holding still: the fingertips stay at their start positions on either side of the table centre, and
+            # the cube on the table.
+            self.assertLess(data["ee_positions"][:, 0, 0].max(), -0.1)
+            self.assertGreater(data["ee_positions"][:, 1, 0].min(), 0.1)
+            self.assertEqual(data["object_positions"].shape, (13, 1, 3))
+            self.assertLess(np.ptp(data["object_positions"][:, 0, :2], axis=0).max(), 0.01)
 
             # Media are rendered at video_size for people; the policy saw 32x32 top images.
             trajectory = np.asarray(Image.open(out / "trajectory_0.png").convert("RGB"))
             self.assertEqual(trajectory.shape, (128, 160, 3))
             legend_corner = trajectory[40:, 60:]
-            for label in ("left gripper", "right gripper"):
+            for label in ("left fingertips", "right fingertips", "object"):
                 rgba = dict(DualArmSimEnv.trajectory_legend)[label]
                 self.assertGreater(pixels_near(legend_corner, rgba), 5, f"no {label} swatch in the legend")
             gif = Image.open(out / "episode_0.gif")

@@ -81,8 +81,13 @@ class TransferEnvTest(unittest.TestCase):
         obs, _ = self.env.reset(seed=0)
         # Normalized finger position of START_ARM_POSE: (0.02239 - 0.01844) / (0.058 - 0.01844).
         self.assertAlmostEqual(obs["qpos"][6], 0.09985, places=4)
-        expected = [START_GRIPPER_LINK_XYZ["left"], START_GRIPPER_LINK_XYZ["right"]]
-        np.testing.assert_allclose(self.env.end_effector_positions(), expected, atol=1e-6)
+        # The fingertips sit ahead of the gripper links, toward the table centre, at about their height.
+        tips = self.env.end_effector_positions()
+        links = np.array([START_GRIPPER_LINK_XYZ["left"], START_GRIPPER_LINK_XYZ["right"]])
+        self.assertEqual(tips.shape, (2, 3))
+        np.testing.assert_array_less(np.abs(tips[:, 0]), np.abs(links[:, 0]) - 0.1)
+        np.testing.assert_allclose(tips[:, 1:], links[:, 1:], atol=0.05)
+        np.testing.assert_allclose(self.env.object_positions(), [obs["env_state"][:3]], atol=1e-6)  # the cube
 
     def test_holding_position_keeps_arms_still_and_earns_nothing(self):
         obs, _ = self.env.reset(seed=3)
@@ -113,19 +118,20 @@ class TransferEnvTest(unittest.TestCase):
         np.testing.assert_array_equal(self.env.render_image("front"), self.env.render_image("angle"))
         np.testing.assert_array_equal(self.env.render_image("r_vis"), self.env.render_image("right_wrist"))
 
-    def test_each_arm_path_is_drawn_in_its_own_colour_with_start_and_end_markers(self):
+    def test_each_arm_and_object_path_is_drawn_in_its_own_colour_with_start_and_end_markers(self):
         self.env.reset(seed=0)
         size = (240, 320)
         plain = self.env.render_trajectory_image([], "top", size=size)
         left = np.linspace([-0.25, 0.3, 0.1], [-0.05, 0.8, 0.1], 30)
         right = np.linspace([0.25, 0.3, 0.1], [0.05, 0.8, 0.1], 30)
-        drawn = self.env.render_trajectory_image([left, right], "top", size=size)
+        cube = np.linspace([0.0, 0.45, 0.05], [0.0, 0.7, 0.3], 30)
+        drawn = self.env.render_trajectory_image([left, right], "top", size=size, object_paths=[cube])
         self.assertEqual(drawn.shape, (*size, 3))
         for label, rgba in self.env.trajectory_legend:
             with self.subTest(label=label):
                 self.assertGreater(pixels_near(drawn, rgba), pixels_near(plain, rgba) + 10)
         only_left = self.env.render_trajectory_image([left], "top", size=size)
-        right_rgba = dict(self.env.trajectory_legend)["right gripper"]
+        right_rgba = dict(self.env.trajectory_legend)["right fingertips"]
         self.assertLess(pixels_near(only_left, right_rgba), pixels_near(drawn, right_rgba))
         np.testing.assert_array_equal(self.env.render_image("top", size=size), plain)  # the markers do not persist
 

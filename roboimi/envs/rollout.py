@@ -63,8 +63,9 @@ def _run_episode(env, policy, seed: int, max_timesteps: int, frame_camera, frame
     policy.reset()
     obs, _ = env.reset(seed=seed)
     action_dim = env.action_space.shape[0]
-    has_ee = hasattr(env, "end_effector_positions")
+    has_ee, has_objects = hasattr(env, "end_effector_positions"), hasattr(env, "object_positions")
     ee_path = [env.end_effector_positions()] if has_ee else []
+    object_path = [env.object_positions()] if has_objects else []
     capture(0)
     timings = {key: [] for key in TIMING_KEYS}
     rewards, actions = [], []
@@ -101,6 +102,8 @@ def _run_episode(env, policy, seed: int, max_timesteps: int, frame_camera, frame
         actions.append(action)
         if has_ee:
             ee_path.append(env.end_effector_positions())
+        if has_objects:
+            object_path.append(env.object_positions())
         capture(len(rewards))
     max_reward = max(rewards, default=0.0)
     return {
@@ -111,7 +114,8 @@ def _run_episode(env, policy, seed: int, max_timesteps: int, frame_camera, frame
         "steps": len(rewards),
         "aborted": aborted,
         "timings": timings,
-        "ee_path": np.asarray(ee_path),  # (steps + 1, 2, 3): left, right gripper link positions
+        "ee_path": np.asarray(ee_path),  # (steps + 1, 2, 3): left, right end effectors (fingertips in the sim)
+        "object_path": np.asarray(object_path),  # (steps + 1, M, 3): the task's objects
         "actions": np.asarray(actions).reshape(len(actions), action_dim),  # (steps, action_dim)
         "rewards": rewards,
         "frames": frames,
@@ -175,11 +179,17 @@ class _EpisodeRunner:
         out, env = self.out, self.env
         headline = f"{getattr(env, 'task_name', 'episode')} seed {record['seed']}: {self._outcome(record)}"
         npz_path = out / f"trajectory_{i}.npz"
-        np.savez(npz_path, ee_positions=record["ee_path"], actions=record["actions"], seed=record["seed"])
+        np.savez(
+            npz_path, ee_positions=record["ee_path"], object_positions=record["object_path"], actions=record["actions"],
+            seed=record["seed"],
+        )
         artifacts["trajectory_data"].append(str(npz_path))
         if self.trajectory_image and hasattr(env, "render_trajectory_image") and len(record["ee_path"]):
             paths = [record["ee_path"][:, arm] for arm in range(record["ee_path"].shape[1])]
-            image = env.render_trajectory_image(paths, self.trajectory_camera, size=self.video_size)
+            extra = {}  # an env without objects keeps the three-argument render_trajectory_image
+            if len(record["object_path"]):
+                extra["object_paths"] = list(record["object_path"].transpose(1, 0, 2))  # M x (steps + 1, 3)
+            image = env.render_trajectory_image(paths, self.trajectory_camera, size=self.video_size, **extra)
             image = media.legend(media.caption(image, [headline]), getattr(env, "trajectory_legend", ()))
             png_path = out / f"trajectory_{i}.png"
             Image.fromarray(image).save(png_path)

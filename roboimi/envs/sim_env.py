@@ -1,5 +1,6 @@
 """RoboIMI's dual-arm simulation env: a joint-controlled gym-aloha task plus its own camera rendering."""
 
+import itertools
 import operator
 import time
 from typing import Sequence
@@ -15,7 +16,12 @@ from roboimi.envs.aloha_tasks import NUM_ROBOT_QPOS, AlohaTaskSpec, build_contro
 
 # RoboIMI camera names that differ from the model's own; model names work as well.
 CAMERA_ALIASES = {"r_vis": "right_wrist", "top": "top", "front": "angle"}
-END_EFFECTOR_BODIES = ("vx300s_left/gripper_link", "vx300s_right/gripper_link")
+# Per arm (left, right): the two finger bodies, whose tips mark where a grasp happens (the gripper link sits ~0.1 m
+# behind them and hovers above an object it holds).
+FINGER_BODIES = (
+    ("vx300s_left/left_finger_link", "vx300s_left/right_finger_link"),
+    ("vx300s_right/left_finger_link", "vx300s_right/right_finger_link"),
+)
 ACTION_DIM = 14  # per arm: 6 joint positions (rad) + normalized gripper (0 closed, 1 open)
 STATE_DIM = 14  # qpos and qvel: per arm 6 joints + the normalized gripper
 # gym-aloha's joint task sends action[0:6] to actuators 0-5 and action[7:13] to actuators 8-13; actions 6 and 13
@@ -25,6 +31,7 @@ ARM_ACTIONS = np.r_[0:6, 7:13]
 
 # Per arm (left, right): blue and orange, apart from the red cube and the grey table and arms.
 TRAJECTORY_RGBA = (np.array([0.12, 0.47, 0.95, 1.0], np.float32), np.array([1.0, 0.55, 0.0, 1.0], np.float32))
+OBJECT_RGBA = np.array([0.85, 0.05, 0.6, 1.0], np.float32)  # magenta: the manipulated objects' paths
 START_RGBA = np.array([0.1, 0.85, 0.2, 1.0], dtype=np.float32)  # green sphere where a path starts
 END_RGBA = np.array([1.0, 1.0, 1.0, 1.0], dtype=np.float32)  # white sphere where it ends
 MARKER_RADIUS_M_PX = 4.0  # marker sphere radius (m) times the image's smaller side (px)
@@ -100,8 +107,9 @@ class DualArmSimEnv(gymnasium.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": round(1 / DT)}
     trajectory_legend = (
-        ("left gripper", TRAJECTORY_RGBA[0]),
-        ("right gripper", TRAJECTORY_RGBA[1]),
+        ("left fingertips", TRAJECTORY_RGBA[0]),
+        ("right fingertips", TRAJECTORY_RGBA[1]),
+        ("object", OBJECT_RGBA),
         ("start", START_RGBA),
         ("end", END_RGBA),
     )
@@ -139,7 +147,10 @@ class DualArmSimEnv(gymnasium.Env):
         self._shadows = shadows
         self._renderers = {}  # (H, W) -> mujoco.Renderer; the policy's size plus any media size asked for
         self._renderer(self.image_size)
-        self._ee_body_ids = [self._model.body(name).id for name in END_EFFECTOR_BODIES]
+        self._finger_geoms = [[self._finger_geom(body) for body in arm] for arm in FINGER_BODIES]
+        self._finger_tips_local = {}  # finger geom -> (4, 3) its mesh box's corners at the tip, in the geom's frame
+        free_joints = np.flatnonzero(self._model.jnt_type == mujoco.mjtJoint.mjJNT_FREE)
+        self._object_body_ids = self._model.jnt_bodyid[free_joints]
 
         unbounded = dict(low=-np.inf, high=np.inf, dtype=np.float64)  # MuJoCo's joint limits are soft
         self.observation_space = spaces.Dict(
@@ -241,15 +252,48 @@ class DualArmSimEnv(gymnasium.Env):
         renderer.update_scene(self._data, camera=self._model_camera(camera))
         return renderer.render()
 
+    def _finger_geom(self, body_name: str) -> int:
+        body = self._model.body(body_name).id
+        return int(np.flatnonzero(self._model.geom_bodyid == body)[0])
+
+    def _tip_corners(self, geom: int) -> np.ndarray:
+        """(4, 3) the corners of the geom's bounding box farthest from its gripper link, in the geom's frame.
+
+        The finger is rigid and slides along its own axis, so the far end found in the first pose stays its tip.
+        """
+        if geom not in self._finger_tips_local:
+            center, half = self._model.geom_aabb[geom][:3], self._model.geom_aabb[geom][3:]
+            corners = center + half * np.array(list(itertools.product((-1, 1), repeat=3)))  # (8, 3)
+            rotation = self._data.geom_xmat[geom].reshape(3, 3)
+            world = self._data.geom_xpos[geom] + corners @ rotation.T
+            gripper = self._data.xpos[self._model.body_parentid[self._model.geom_bodyid[geom]]]
+            self._finger_tips_local[geom] = corners[np.argsort(np.linalg.norm(world - gripper, axis=1))[-4:]]
+        return self._finger_tips_local[geom]
+
     def end_effector_positions(self) -> np.ndarray:
-        """(2, 3) world positions of the left and right gripper links."""
-        return self._data.xpos[self._ee_body_ids].copy()
+        """(2, 3) world positions of the left and right fingertips (the mean of both fingers' tip ends)."""
+        tips = []
+        for arm in self._finger_geoms:
+            ends = [
+                self._data.geom_xpos[g] + self._tip_corners(g) @ self._data.geom_xmat[g].reshape(3, 3).T for g in arm
+            ]
+            tips.append(np.concatenate(ends).mean(axis=0))
+        return np.stack(tips)
+
+    def object_positions(self) -> np.ndarray:
+        """(M, 3) world positions of the task's free objects (the cube; the peg and the socket)."""
+        return self._data.xpos[self._object_body_ids].copy()
 
     def render_trajectory_image(
-        self, paths: Sequence[np.ndarray], camera: str = "front", size: Sequence[int] | None = None
+        self,
+        paths: Sequence[np.ndarray],
+        camera: str = "front",
+        size: Sequence[int] | None = None,
+        object_paths: Sequence[np.ndarray] = (),
     ) -> np.ndarray:
-        """(H, W, 3) uint8 image of `camera` with each arm's (T, 3) path (left, right) drawn in the scene in its
-        own colour (TRAJECTORY_RGBA), a green sphere at its start and a white one at its end."""
+        """(H, W, 3) uint8 image of `camera` with each arm's (T, 3) fingertip path (left, right) drawn in the scene
+        in its own colour (TRAJECTORY_RGBA), each object's path in OBJECT_RGBA, a green sphere where a path starts
+        and a white one where it ends."""
         size = tuple(size or self.image_size)
         renderer = self._renderer(size)
         renderer.update_scene(self._data, camera=self._model_camera(camera))
@@ -266,10 +310,11 @@ class DualArmSimEnv(gymnasium.Env):
             return geom
 
         capsule, sphere = mujoco.mjtGeom.mjGEOM_CAPSULE, mujoco.mjtGeom.mjGEOM_SPHERE
-        for arm, path in enumerate(np.asarray(p, dtype=np.float64) for p in paths):
+        colored = [(path, TRAJECTORY_RGBA[arm % len(TRAJECTORY_RGBA)]) for arm, path in enumerate(paths)]
+        colored += [(path, OBJECT_RGBA) for path in object_paths]
+        for path, rgba in ((np.asarray(p, dtype=np.float64), rgba) for p, rgba in colored):
             if not len(path):
                 continue
-            rgba = TRAJECTORY_RGBA[arm % len(TRAJECTORY_RGBA)]
             for start, end in zip(path[:-1], path[1:]):
                 if np.linalg.norm(end - start) >= TRAJECTORY_MIN_SEGMENT and (geom := new_geom(capsule, rgba)):
                     mujoco.mjv_connector(geom, capsule, radius, start, end)

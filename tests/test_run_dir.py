@@ -26,7 +26,7 @@ def start_training(run_dir: Path, overrides: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, str(TRAIN_SCRIPT), *overrides, f"hydra.run.dir={run_dir}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
     )
 
 
@@ -154,15 +154,16 @@ class RunDirTest(TinyDatasetTestCase):
         self.assertEqual(sorted(p.name for p in run_dir.iterdir()), [".run.lock"])
 
     def test_sigterm_and_ctrl_c_stop_at_a_step_boundary_with_a_checkpoint(self):
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            with self.subTest(signal=signum.name):
-                run_dir = self.run_dir(f"stopped_{signum.name}")
-                extra = ["train.max_steps=100000", "train.save_freq=100000", "train.log_freq=1"]
+        # Ctrl-C in a terminal signals the whole process group, loader workers included.
+        for signum, workers in ((signal.SIGTERM, 0), (signal.SIGINT, 0), (signal.SIGINT, 2)):
+            with self.subTest(signal=signum.name, workers=workers):
+                run_dir = self.run_dir(f"stopped_{signum.name}_{workers}")
+                extra = ["train.max_steps=100000", "train.save_freq=100000", "train.log_freq=1", f"train.num_workers={workers}"]
                 child = start_training(run_dir, tiny_overrides("resnet_transformer", self.data_dir, extra))
                 while not (run_dir / "logs.json.txt").is_file():  # training has started
                     self.assertIsNone(child.poll(), "training ended before it was signalled")
                     time.sleep(0.2)
-                child.send_signal(signum)
+                os.killpg(child.pid, signum)
                 output, _ = child.communicate(timeout=120)
                 self.assertEqual(child.returncode, 128 + signum, output)
                 self.assertNotIn("Traceback", output)

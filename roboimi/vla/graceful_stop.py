@@ -6,6 +6,13 @@ import threading
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """DataLoader worker init: a Ctrl-C reaches the whole process group, and a worker it killed would break the
+    batch the main process is finishing; the main process stops its workers itself when it stops."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class GracefulStop:
     """While active, the first SIGINT / SIGTERM only sets `signum`; the loop checks it between steps. A second one
     restores the default handlers and stops at once (KeyboardInterrupt for SIGINT, the default action for SIGTERM).

@@ -35,7 +35,7 @@ from roboimi.vla.experiment_logger import ExperimentLogger
 from roboimi.vla.fast_paths import attention_backends, bf16_autocast, use_channels_last
 from roboimi.vla.models.heads.external_checkpoint import load_external_imf_head_state_dict
 from roboimi.vla.optim import build_lr_scheduler, build_optimizer
-from roboimi.vla.graceful_stop import GracefulStop
+from roboimi.vla.graceful_stop import GracefulStop, ignore_stop_signals
 from roboimi.vla.run_dir import RunDirLock, checkpoints_newest_first, clear_run_outputs, prune_step_checkpoints
 from roboimi.vla.runtime import seed_everything
 from roboimi.vla.settings import validate_train_settings
@@ -54,6 +54,7 @@ def make_loader(dataset, cfg, dist_ctx, shuffle_seed: int) -> tuple[DataLoader, 
         persistent_workers=cfg.train.persistent_workers and workers > 0,
         # Own generator: creating worker iterators must not consume the global RNG, or resumed runs diverge.
         generator=torch.Generator().manual_seed(shuffle_seed),
+        worker_init_fn=ignore_stop_signals if workers > 0 else None,
     )
     return loader, batch_sampler
 

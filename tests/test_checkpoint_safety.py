@@ -123,6 +123,14 @@ class StoredConfigTest(unittest.TestCase):
                 cfg = compose("config", overrides=[f"agent={name}", "agent.action_dim=14", "agent.obs_dim=14", "data.image_shape=[96,96]"])
             require_trusted_config(OmegaConf.to_container(cfg, resolve=True), "composed")
 
+    def test_random_bytes_and_a_directory_are_named_for_what_they_are(self):
+        path = self.root / "noise.pt"
+        path.write_bytes(bytes(range(7, 256)) * 16)  # no zip archive, no pickle
+        with self.assertRaisesRegex(RuntimeError, rf"Could not read checkpoint {re.escape(str(path))} .*corrupt"):
+            load_checkpoint(path)
+        with self.assertRaisesRegex(IsADirectoryError, rf"{re.escape(str(self.root))} is a directory.*policy\.pt"):
+            load_checkpoint(self.root)
+
     def test_a_bare_state_dict_is_named_as_such(self):
         path = self.root / "weights.pt"
         torch.save({"layer.weight": torch.zeros(2)}, path)

@@ -70,10 +70,13 @@ class RunDirTest(TinyDatasetTestCase):
         os.utime(ckpt_dir / "last.pt", ns=(older, older))
         stale = ckpt_dir / ".last.pt.0123abcd.tmp"
         stale.write_bytes(b"partial")
+        stale_export = self.run_dir("killed") / ".policy.pt.4567cdef.tmp"  # a kill during the policy.pt export
+        stale_export.write_bytes(b"partial")
         self.assertEqual(newest_checkpoint(ckpt_dir).name, "step_4.pt")
         trainer = Trainer(compose_tiny("resnet_transformer", self.data_dir, ["train.resume=auto", "train.max_steps=6"]), self.run_dir("killed"))
         self.assertEqual(trainer.global_step, 4)
         self.assertFalse(stale.exists())
+        self.assertFalse(stale_export.exists())
         trainer.close()
 
     def test_keep_last_deletes_the_oldest_step_files(self):

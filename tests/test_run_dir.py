@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from roboimi.vla.checkpoint import load_checkpoint
-from roboimi.vla.run_dir import RunDirLock, newest_checkpoint
+from roboimi.vla.run_dir import RunDirLock, checkpoints_newest_first
 from roboimi.vla.trainer import Trainer
 from tests.tiny_config import TinyDatasetTestCase, compose_tiny, tiny_overrides
 
@@ -72,7 +72,7 @@ class RunDirTest(TinyDatasetTestCase):
         stale.write_bytes(b"partial")
         stale_export = self.run_dir("killed") / ".policy.pt.4567cdef.tmp"  # a kill during the policy.pt export
         stale_export.write_bytes(b"partial")
-        self.assertEqual(newest_checkpoint(ckpt_dir).name, "step_4.pt")
+        self.assertEqual(checkpoints_newest_first(ckpt_dir)[0].name, "step_4.pt")
         trainer = Trainer(compose_tiny("resnet_transformer", self.data_dir, ["train.resume=auto", "train.max_steps=6"]), self.run_dir("killed"))
         self.assertEqual(trainer.global_step, 4)
         self.assertFalse(stale.exists())

@@ -59,11 +59,6 @@ def step_checkpoints(ckpt_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def newest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The checkpoint with the most training (see checkpoints_newest_first), or None."""
-    return next(iter(checkpoints_newest_first(ckpt_dir)), None)
-
-
 def checkpoints_newest_first(ckpt_dir: Path) -> list[Path]:
     """step_<N>.pt by step, newest first, with last.pt before every step file that is not newer than it.
 

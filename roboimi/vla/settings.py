@@ -19,9 +19,13 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# The file of each group that defines all its keys (every preset of the group builds on it).
+GROUP_DEFAULTS = {"train": CONFIG_DIR / "train" / "default.yaml", "eval": CONFIG_DIR / "eval" / "eval.yaml"}
+
+
 def require_known_keys(section: DictConfig, group: str) -> None:
-    """Refuse keys that conf/<group>/ does not define (a `+train.max_stepz=3` typo would be silently ignored)."""
-    known = list(OmegaConf.load(CONFIG_DIR / group / f"{'eval' if group == 'eval' else 'default'}.yaml"))
+    """Refuse keys that GROUP_DEFAULTS[group] does not define (a `+train.max_stepz=3` typo would be silently ignored)."""
+    known = list(OmegaConf.load(GROUP_DEFAULTS[group]))
     unknown = sorted(set(section) - set(known))
     if unknown:
         raise ValueError(f"Unknown {group}.* key(s) {[f'{group}.{key}' for key in unknown]}; valid keys: {', '.join(known)}.")
@@ -61,8 +65,8 @@ def validate_train_settings(cfg: DictConfig) -> None:
 
 
 def validate_eval_settings(evaluation: DictConfig) -> None:
-    """The eval.* keys eval_vla.py acts on, before the checkpoint is read."""
-    require_known_keys(evaluation, "eval")
+    """The values of the eval.* keys eval_vla.py acts on, before the checkpoint is read (its command line refuses
+    unknown keys before composing)."""
     def require(ok, key, allowed):
         _require(ok, key, evaluation[key], allowed, group="eval")
 

@@ -30,10 +30,9 @@ from roboimi.vla.experiment_logger import ExperimentLogger
 from roboimi.vla.fast_paths import apply_eval_fast_paths
 from roboimi.vla.run_dir import RunDirLock
 from roboimi.vla.runtime import resolve_device
-from roboimi.vla.settings import validate_eval_settings
+from roboimi.vla.settings import GROUP_DEFAULTS, validate_eval_settings
 
 CONFIG_NAME = "eval_vla"
-EVAL_DEFAULTS = CONFIG_DIR / "eval" / "eval.yaml"
 # How the trained policy acts (sampling steps, executed window, temporal ensembling): settable, null = stored.
 AGENT_KEYS = tuple(f"agent.{key}" for key in OmegaConf.load(CONFIG_DIR / f"{CONFIG_NAME}.yaml").agent)
 USAGE = (
@@ -53,7 +52,7 @@ def override_keys(overrides: Sequence[str]) -> list[str]:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except OverrideParseException as error:
         raise SystemExit(f"{error}\n{USAGE}") from None
-    eval_keys = list(OmegaConf.load(EVAL_DEFAULTS))
+    eval_keys = list(OmegaConf.load(GROUP_DEFAULTS["eval"]))
     settable = ["ckpt_path", "device", *AGENT_KEYS, *(f"eval.{key}" for key in eval_keys)]
     keys = [o.key_or_group for o in parsed if not o.key_or_group.startswith(("hydra.", "hydra/"))]
     unknown = [key for key in keys if key not in settable]

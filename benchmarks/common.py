@@ -9,6 +9,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from roboimi.vla.checkpoint import build_agent_from_checkpoint, load_checkpoint
+from roboimi.vla.data import build_datasets
 from roboimi.vla.runtime import resolve_device
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "roboimi", "vla", "conf")
@@ -112,3 +114,16 @@ def describe_machine(device: torch.device, threads: int) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (cuda), torch {torch.__version__}"
     return f"CPU, {threads} torch threads of {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def trained_agent_batches(checkpoint_path: str, dataset_dir: str | None, batch_size: int, num_batches: int):
+    """A trained agent in eval mode (EMA weights where kept), its stored config, which weights it holds, and
+    `num_batches` shuffled training batches (seed 0) of `dataset_dir` (default: the checkpoint's data.dataset_dir)."""
+    agent, cfg, weights = build_agent_from_checkpoint(load_checkpoint(checkpoint_path), torch.device("cpu"))
+    agent.eval()
+    data = build_datasets(
+        dataset_dir or cfg.data.dataset_dir, list(cfg.data.camera_names), cfg.data.obs_horizon, cfg.data.pred_horizon,
+        image_resize_shape=cfg.data.image_resize_shape, state_keys=cfg.data.state_keys,
+    )
+    loader = torch.utils.data.DataLoader(data.train, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
+    return agent, cfg, weights, [batch for batch, _ in zip(loader, range(num_batches))]

@@ -4,7 +4,8 @@
 #
 #   1. state: from state on sim_transfer and sim_insertion, benchmarks/state_recipes.sh (about 1.2 h on 2 CPU cores);
 #   2. images: sim_transfer from one 96x96 top camera, 120 demos, agent=image_transformer | image_imf_attnres,
-#      train=image_cpu, the two agents side by side on one core each (about 1.5 h);
+#      train=image_cpu with 16 000 steps, the two agents side by side on one core each (about 1.5 h), each scored
+#      with its final weights and with its best rollout validation's (checkpoints/best_rollout.pt);
 #   3. images_3cam: the same agents from the three 96x96 cameras (r_vis, top, front, one encoder each),
 #      train=image_cpu_3cam (about 1.5 h).
 #   Both image parts train from one 3-camera recording (about 16 min with two recording workers).
@@ -28,7 +29,8 @@ if [ "${QUICK:-0}" = 1 ]; then
     EPISODES=${EPISODES:-2}; EVAL_EPISODES=${EVAL_EPISODES:-2}; EVAL_MAX_TIMESTEPS=${EVAL_MAX_TIMESTEPS:-20}
     OUT=${OUT:-runs/compare_quick}; DATA_DIR=${DATA_DIR:-data/compare_quick/sim_transfer_3cam}
     EXTRA=${EXTRA:-"train.max_steps=20 train.warmup_steps=2 train.log_freq=5 train.save_freq=20"}
-    EXTRA="$EXTRA train.rollout_val_freq_epochs=0"
+    # One short validation rollout, at the end only: it writes the best_rollout.pt that the best-weights scores read.
+    EXTRA="$EXTRA train.rollout_val_freq_epochs=1000 train.rollout_num_episodes=1 eval.max_timesteps=20"
 fi
 DDPM_AGENT=${DDPM_AGENT:-image_transformer}
 IMF_AGENT=${IMF_AGENT:-image_imf_attnres}
@@ -54,38 +56,42 @@ echo "== record $EPISODES sim_transfer demos, cameras [r_vis,top,front] at ${IMA
 "$PYTHON" roboimi/demos/record_sim_episodes.py task=sim_transfer num_episodes="$EPISODES" \
     dataset_dir="$DATA_DIR" camera_names="[r_vis,top,front]" image_size="[$IMAGE,$IMAGE]" seed=0 num_workers=2
 
-train() {  # train PART_DIR NAME AGENT_CONFIG DATA_CONFIG CAMERAS TRAIN_PRESET
+train() {  # train PART_DIR NAME AGENT_CONFIG DATA_CONFIG CAMERAS TRAIN_PRESET PART_OVERRIDES
     local run_dir=$1/train_$2
     echo "== train $2 ($3, cameras $5, train=$6) in $run_dir (log: $run_dir.log)"
     # shellcheck disable=SC2086
     "$PYTHON" roboimi/demos/vla_scripts/train_vla.py agent="$3" data="$4" train="$6" \
         data.dataset_dir="$DATA_DIR" data.camera_names="$5" train.resume=auto hydra.run.dir="$run_dir" \
-        $EXTRA > "$run_dir.log" 2>&1
+        $7 $EXTRA > "$run_dir.log" 2>&1
 }
 
-evaluate() {  # evaluate PART_DIR NAME INFERENCE_STEPS
-    local out_dir=$1/eval_${2}_nfe$3
+evaluate() {  # evaluate PART_DIR NAME INFERENCE_STEPS [best]: the final weights, or the best rollout validation's
+    local out_dir=$1/eval_${2}${4:+_$4}_nfe$3 ckpt=$1/train_$2/policy.pt
+    [ "${4:-}" = best ] && ckpt=$1/train_$2/checkpoints/best_rollout.pt
     if [ -f "$out_dir/summary.json" ]; then
         echo "== $out_dir/summary.json exists, evaluation skipped"
         return
     fi
     echo "== evaluate $2 at $3 steps over $EVAL_EPISODES rollouts in $out_dir"
-    "$PYTHON" roboimi/demos/vla_scripts/eval_vla.py ckpt_path="$1/train_$2/policy.pt" agent.inference_steps="$3" \
+    "$PYTHON" roboimi/demos/vla_scripts/eval_vla.py ckpt_path="$ckpt" agent.inference_steps="$3" \
         eval.num_episodes="$EVAL_EPISODES" eval.max_timesteps="$EVAL_MAX_TIMESTEPS" eval.output_dir="$out_dir" \
         eval.trajectory_image=false eval.num_workers=2
 }
 
-image_part() {  # image_part NAME DATA_CONFIG CAMERAS TRAIN_PRESET: DDPM and IMF side by side, then 50 rollouts each
+image_part() {  # image_part NAME DATA_CONFIG CAMERAS TRAIN_PRESET [OVERRIDES]: DDPM and IMF side by side, then 50
+    # rollouts each of the final weights and of the best rollout validation's
     local part=$OUT/$1
     echo "== part $1: $DDPM_AGENT vs $IMF_AGENT, data=$2, cameras $3, train=$4, in $part"
     mkdir -p "$part"
-    train "$part" ddpm "$DDPM_AGENT" "$2" "$3" "$4" & local ddpm_pid=$!
-    train "$part" imf "$IMF_AGENT" "$2" "$3" "$4" & local imf_pid=$!
+    train "$part" ddpm "$DDPM_AGENT" "$2" "$3" "$4" "${5:-}" & local ddpm_pid=$!
+    train "$part" imf "$IMF_AGENT" "$2" "$3" "$4" "${5:-}" & local imf_pid=$!
     wait $ddpm_pid || { echo "DDPM training failed; see $part/train_ddpm.log"; exit 1; }
     wait $imf_pid || { echo "IMF training failed; see $part/train_imf.log"; exit 1; }
     evaluate "$part" ddpm 10
     evaluate "$part" imf 1
     evaluate "$part" imf 2
+    evaluate "$part" ddpm 10 best
+    evaluate "$part" imf 1 best
     "$PYTHON" benchmarks/summarize_results.py \
         --train DDPM "$part/train_ddpm" --train IMF "$part/train_imf" \
         --eval DDIM-10 10 "$part/eval_ddpm_nfe10" --eval IMF-1 1 "$part/eval_imf_nfe1" --eval IMF-2 2 "$part/eval_imf_nfe2" \
@@ -94,7 +100,7 @@ image_part() {  # image_part NAME DATA_CONFIG CAMERAS TRAIN_PRESET: DDPM and IMF
 }
 
 if [[ " $PARTS " == *" images "* ]]; then
-    image_part images sim_transfer_top "[top]" "${TRAIN:-image_cpu}"
+    image_part images sim_transfer_top "[top]" "${TRAIN:-image_cpu}" "train.max_steps=16000"
 fi
 if [[ " $PARTS " == *" images_3cam "* ]]; then
     image_part images_3cam sim_transfer "[r_vis,top,front]" "${TRAIN:-image_cpu_3cam}"

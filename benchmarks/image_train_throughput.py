@@ -30,12 +30,17 @@ from roboimi.vla import CONFIG_DIR  # noqa: E402
 from roboimi.vla.trainer import Trainer  # noqa: E402
 
 # name -> (overrides on top of the recipe, torch threads): frames read from disk per sample (the old path), decoded
-# once into memory, decoded once with channels-last convolutions, and decoded once with both cores for the one run.
+# once into memory, decoded once with channels-last convolutions, with compiled passes (the first warm-up step
+# compiles), with both cores for the one run, and in bf16 autocast (not the same step: its loss differs by rounding).
+PRELOAD = ["data.preload_images=true", "train.channels_last=false"]
 VARIANTS = {
     "disk": (["data.preload_images=false", "train.channels_last=false"], 1),
-    "preload": (["data.preload_images=true", "train.channels_last=false"], 1),
+    "preload": (PRELOAD, 1),
     "preload+channels_last": (["data.preload_images=true", "train.channels_last=true"], 1),
-    "preload+2_threads": (["data.preload_images=true", "train.channels_last=false"], 2),
+    "preload+compile": ([*PRELOAD, "train.compile=true"], 1),
+    "preload+2_threads": (PRELOAD, 2),
+    "preload+compile+2_threads": ([*PRELOAD, "train.compile=true"], 2),
+    "preload+bf16": ([*PRELOAD, "train.precision=bf16"], 1),
 }
 
 

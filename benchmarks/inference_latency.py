@@ -44,7 +44,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from roboimi.vla.evaluation import AgentPolicy  # noqa: E402
 from roboimi.vla.fast_paths import (  # noqa: E402
-    bf16_autocast,
+    precision_autocast,
     compile_encoder,
     fuse_conv_batchnorm,
     use_channels_last,
@@ -75,8 +75,8 @@ class Variant:
 class Stage:
     """Copies of both agents with the encoder fast paths `transforms` applied (the head is shared, not copied)."""
 
-    def __init__(self, name: str, imf, ddpm, transforms, obs: dict, noise: torch.Tensor, autocast: bool = False):
-        self.name, self.obs, self.noise, self.autocast = name, obs, noise, autocast
+    def __init__(self, name: str, imf, ddpm, transforms, obs: dict, noise: torch.Tensor, precision: str = "fp32"):
+        self.name, self.obs, self.noise, self.precision = name, obs, noise, precision
         self.imf, self.ddpm = (copy.deepcopy(a, memo={id(a.noise_pred_net): a.noise_pred_net}) for a in (imf, ddpm))
         for transform in transforms:
             transform(self.imf)
@@ -84,15 +84,15 @@ class Stage:
         self.times_ms = {"encoder": [], "IMF-1": [], "DDIM-10": []}
 
     def encoder(self) -> torch.Tensor:
-        with torch.inference_mode(), bf16_autocast(self.autocast, self.noise.device):
+        with torch.inference_mode(), precision_autocast(self.precision, self.noise.device):
             return self.imf.encode_observation(self.obs["images"], self.obs["qpos"])
 
     def imf_one(self) -> torch.Tensor:
-        with bf16_autocast(self.autocast, self.noise.device):
+        with precision_autocast(self.precision, self.noise.device):
             return self.imf.predict_action(self.obs, num_steps=1, noise=self.noise)
 
     def ddim_ten(self) -> torch.Tensor:
-        with bf16_autocast(self.autocast, self.noise.device):
+        with precision_autocast(self.precision, self.noise.device):
             return self.ddpm.predict_action(self.obs, num_steps=10, noise=self.noise)
 
     def timers(self) -> dict:
@@ -126,7 +126,7 @@ class RolloutPlan:
         }
         # The rollout-side policies, inside the stage's autocast as the evaluator runs them.
         self.policies = {
-            kind: AgentPolicy(agent, bf16_autocast=stage.autocast)
+            kind: AgentPolicy(agent, precision=stage.precision)
             for kind, agent in (("IMF-1 plan", stage.imf), ("DDIM-10 plan", stage.ddpm))
         }
         for policy in self.policies.values():
@@ -168,7 +168,7 @@ def build_stages(imf, ddpm, obs: dict, noise: torch.Tensor, compile_encoders: bo
     for name, added in exact:
         transforms = transforms + added
         stages.append(Stage(name, imf, ddpm, transforms, obs, noise))
-    stages.append(Stage(f"{stages[-1].name}, bf16 autocast", imf, ddpm, transforms, obs, noise, autocast=True))
+    stages.append(Stage(f"{stages[-1].name}, bf16 autocast", imf, ddpm, transforms, obs, noise, precision="bf16"))
     return stages
 
 

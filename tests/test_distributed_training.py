@@ -31,7 +31,7 @@ OVERRIDES = [
 
 def sample_determined_imf_loss(agent, batch) -> torch.Tensor:
     """iMF loss with e = sin(7x + 1) and fixed (t, r) = (0.7, 0.3) instead of random draws."""
-    x = agent._normalize_action(batch["action"].float())
+    x = agent.normalize_action(batch["action"].float())
     cond = agent.encode_observation(batch["images"], batch["qpos"])
     e = torch.sin(7.0 * x + 1.0)
     t = torch.full((x.shape[0],), 0.7)
@@ -39,7 +39,7 @@ def sample_determined_imf_loss(agent, batch) -> torch.Tensor:
     z = 0.3 * x + 0.7 * e
     with torch.no_grad():
         v = agent.noise_pred_net(z, t, t, cond)
-    u, du_dt = agent.noise_pred_net(z, r, t, cond), agent._time_derivative(z, r, t, v, cond)
+    u, du_dt = agent.noise_pred_net(z, r, t, cond), agent.time_derivative(z, r, t, v, cond)
     return ((agent._compound_velocity(u, du_dt, t, r) - (e - x)) ** 2).mean()
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from roboimi.vla.fast_paths import (
     apply_eval_fast_paths,
     attention_backends,
-    bf16_autocast,
+    precision_autocast,
     compile_head,
     fuse_conv_batchnorm,
     use_channels_last,
@@ -47,11 +47,11 @@ class AgentHeadFastPathsTest(unittest.TestCase):
 
     def test_bf16_autocast_stays_close_to_fp32(self):
         reference = self.head(*self.inputs)
-        with bf16_autocast(True, CPU):
+        with precision_autocast("bf16", CPU):
             fast = self.head(*self.inputs)
         self.assertEqual(fast.dtype, torch.bfloat16)
         torch.testing.assert_close(fast.float(), reference, atol=0.05, rtol=0.05)
-        with bf16_autocast(False, CPU):
+        with precision_autocast("fp32", CPU):
             self.assertEqual(self.head(*self.inputs).dtype, torch.float32)
 
     @pytest.mark.slow

@@ -94,7 +94,7 @@ class JvpTest(unittest.TestCase):
         return (plus - minus) / (2 * h)
 
     def test_matches_finite_difference_along_v_0_1(self):
-        du_dt = self.agent._time_derivative(self.z, self.r, self.t, self.v, self.cond)
+        du_dt = self.agent.time_derivative(self.z, self.r, self.t, self.v, self.cond)
         torch.testing.assert_close(du_dt, self.central_difference(dr=0.0), atol=1e-8, rtol=1e-6)
         # Moving r as well gives a different derivative, so the check pins the (v, 0, 1) tangent.
         self.assertGreater((du_dt - self.central_difference(dr=1.0)).abs().max().item(), 1e-4)
@@ -106,7 +106,7 @@ class JvpTest(unittest.TestCase):
                 (self.z, self.r, self.t),
                 (self.v, torch.zeros_like(self.r), torch.ones_like(self.t)),
             )[1]
-        torch.testing.assert_close(self.agent._time_derivative(self.z, self.r, self.t, self.v, self.cond), reference)
+        torch.testing.assert_close(self.agent.time_derivative(self.z, self.r, self.t, self.v, self.cond), reference)
 
     def test_du_dt_has_no_graph_and_runs_in_train_mode_under_the_math_guard(self):
         agent = make_imf_agent().train()
@@ -115,7 +115,7 @@ class JvpTest(unittest.TestCase):
         agent.noise_pred_net.register_forward_pre_hook(hook)
         z, v = self.z.float().requires_grad_(), self.v.float()
         cond = self.cond.float().requires_grad_()
-        du_dt = agent._time_derivative(z, self.r.float(), self.t.float(), v, cond)
+        du_dt = agent.time_derivative(z, self.r.float(), self.t.float(), v, cond)
         self.assertEqual(flash_enabled, [False])
         self.assertTrue(torch.isfinite(du_dt).all())
         self.assertFalse(du_dt.requires_grad)  # inputs and weights require grad, the tangent pass records nothing
@@ -143,12 +143,12 @@ class XPredictionTest(unittest.TestCase):
 
     def test_u_is_the_velocity_towards_the_predicted_data(self):
         with torch.no_grad():
-            torch.testing.assert_close(self.agent._average_velocity(self.z, self.r, self.t, self.cond), self.u_by_hand(self.z, self.r, self.t))
+            torch.testing.assert_close(self.agent.average_velocity(self.z, self.r, self.t, self.cond), self.u_by_hand(self.z, self.r, self.t))
             tiny_t = torch.tensor([1e-6, 0.5], dtype=torch.float64)  # clamped to 1e-3, u stays finite
-            torch.testing.assert_close(self.agent._average_velocity(self.z, self.r * 0, tiny_t, self.cond), self.u_by_hand(self.z, self.r * 0, tiny_t))
+            torch.testing.assert_close(self.agent.average_velocity(self.z, self.r * 0, tiny_t, self.cond), self.u_by_hand(self.z, self.r * 0, tiny_t))
 
     def test_jvp_matches_finite_difference_of_the_parameterized_u(self):
-        du_dt = self.agent._time_derivative(self.z, self.r, self.t, self.v, self.cond)
+        du_dt = self.agent.time_derivative(self.z, self.r, self.t, self.v, self.cond)
         h = 1e-5
         with torch.no_grad():
             plus = self.u_by_hand(self.z + h * self.v, self.r, self.t + h)
@@ -180,7 +180,7 @@ class XPredictionTest(unittest.TestCase):
             agent = make_imf_agent(prediction="x", data_proportion=1.0, loss_space=space).eval()
             losses[space] = seeded_loss(agent, batch)
         torch.manual_seed(0)
-        x = agent._normalize_action(batch["action"])
+        x = agent.normalize_action(batch["action"])
         cond = agent.encode_observation(batch["images"], batch["qpos"])
         e = torch.randn_like(x)
         t, _ = agent._sample_tr(x)
@@ -240,16 +240,16 @@ class LossTest(unittest.TestCase):
                     grads = torch.autograd.grad(loss, list(agent.noise_pred_net.parameters())[1:])
 
                     torch.manual_seed(0)  # every row through one JVP with autograd, as the objective is written
-                    x = agent._normalize_action(batch["action"])
+                    x = agent.normalize_action(batch["action"])
                     cond = agent.encode_observation(batch["images"], batch["qpos"])
                     e = torch.randn_like(x)
                     t, r = agent._sample_tr(x)
                     z_t = (1 - t[:, None, None]) * x + t[:, None, None] * e
                     with torch.no_grad():
-                        v = agent._average_velocity(z_t, t, t, cond)
+                        v = agent.average_velocity(z_t, t, t, cond)
                     with attention_backends(False, torch.device("cpu")):
                         u, du_dt = torch.func.jvp(
-                            lambda z, r_, t_: agent._average_velocity(z, r_, t_, cond),
+                            lambda z, r_, t_: agent.average_velocity(z, r_, t_, cond),
                             (z_t, r, t),
                             (v, torch.zeros_like(r), torch.ones_like(t)),
                         )

@@ -12,10 +12,10 @@ from hydra.utils import instantiate
 
 from roboimi.demos.record_sim_episodes import record_episodes
 from roboimi.vla.data import build_datasets
-from roboimi.vla.evaluation import AgentPolicy, evaluate_agent
+from roboimi.vla.evaluation import AgentPolicy
 from roboimi.vla.models.backbones.no_vision import NoVisionBackbone
-from roboimi.vla.trainer import Trainer
 from tests.synthetic_episodes import write_dataset
+from tests.recipe_runs import rollout_success, train_recipe
 from tests.tiny_config import CONFIG_DIR
 
 torch.set_num_threads(1)
@@ -155,20 +155,7 @@ class AgentStateAssemblyTest(unittest.TestCase):
 
 def train_state_recipe(agent: str, task: str, dataset_dir, run_dir, extra=()):
     """Train `agent` with the committed state recipe (train=state) and return the Trainer."""
-    overrides = [f"agent={agent}", f"data={task}_state", "train=state", f"data.dataset_dir={dataset_dir}",
-                 "train.rollout_val_freq_epochs=0", *extra]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        cfg = compose("config", overrides=overrides)
-    trainer = Trainer(cfg, run_dir)
-    trainer.fit()
-    return trainer
-
-
-def rollout_success(trainer, num_episodes: int, seed: int) -> float:
-    """Success rate of the trainer's rollout policy (EMA weights) over seeds seed .. seed + num_episodes - 1."""
-    trainer.cfg.eval.seed = seed
-    summary = evaluate_agent(trainer.policy, trainer.cfg, num_episodes=num_episodes, output_dir=None, record_video=False, progress=False)
-    return summary["success_rate"]
+    return train_recipe([f"agent={agent}", f"data={task}_state", "train=state", f"data.dataset_dir={dataset_dir}", *extra], run_dir)
 
 
 @pytest.mark.slow
@@ -193,7 +180,8 @@ class OverfitCheckTest(unittest.TestCase):
 
 @pytest.mark.slow
 class StateRecipeTest(unittest.TestCase):
-    """The committed state recipes on 50 transfer demos succeed on held-out seeds (about 30 min on 2 cores).
+    """The committed state recipes on 50 transfer demos succeed on held-out seeds (about 30 min on 2 cores; the bf16
+    run about 7 more).
 
     Records camera-less demos into data/sim_transfer_state_50 when missing (under a minute).
     """
@@ -209,3 +197,10 @@ class StateRecipeTest(unittest.TestCase):
                 with self.subTest(agent=agent):
                     trainer = train_state_recipe(agent, "sim_transfer", self.DATASET_DIR, f"{tmp}/{agent}")
                     self.assertGreaterEqual(rollout_success(trainer, num_episodes=20, seed=1000), floor)
+
+    def test_the_imf_recipe_learns_in_bf16(self):
+        """train.precision=bf16 (autocast; v pass, JVP and loss in fp32) reaches the fp32 recipe's success."""
+        record_episodes("sim_transfer", 50, self.DATASET_DIR, camera_names=(), progress=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = train_state_recipe("state_imf_attnres", "sim_transfer", self.DATASET_DIR, f"{tmp}/bf16", ["train.precision=bf16"])
+            self.assertGreaterEqual(rollout_success(trainer, num_episodes=20, seed=1000), self.MIN_SUCCESS["state_imf_attnres"])

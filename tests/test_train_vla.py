@@ -90,6 +90,16 @@ class TrainVLATest(TinyDatasetTestCase):
         trainer = Trainer(compose_tiny("resnet_transformer", self.data_dir, ["train.resume=auto"]), self.run_dir("auto"))
         self.assertEqual(trainer.global_step, 0)
 
+    def test_a_checkpoint_from_before_derivative_precision_resumes(self):
+        run_dir = self.run_dir("before_derivative_precision")
+        Trainer(compose_tiny("resnet_imf_attnres", self.data_dir, ["train.max_steps=2"]), run_dir).fit()
+        old = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        del old["config"]["agent"]["derivative_precision"]
+        save_checkpoint(run_dir / "checkpoints" / "last.pt", old)
+        resumed = Trainer(compose_tiny("resnet_imf_attnres", self.data_dir, ["train.max_steps=3", "train.resume=auto"]), run_dir)
+        self.addCleanup(resumed.close)
+        self.assertEqual((resumed.global_step, resumed.agent.derivative_precision), (2, "fp32"))
+
     def test_resume_with_a_different_model_config_names_the_keys(self):
         run_dir = self.run_dir("mismatch")
         Trainer(compose_tiny("resnet_transformer", self.data_dir, ["train.max_steps=2"]), run_dir).fit()
@@ -100,7 +110,8 @@ class TrainVLATest(TinyDatasetTestCase):
     def test_non_finite_loss_stops_with_a_diagnostic_checkpoint(self):
         run_dir = self.run_dir("nan")
         trainer = Trainer(compose_tiny("resnet_transformer", self.data_dir), run_dir)
-        trainer.agent.compute_loss = lambda batch: torch.tensor(float("nan"))
+        weight = torch.ones((), requires_grad=True)
+        trainer.agent.compute_loss = lambda batch: weight * float("nan")  # from the first step on
         with self.assertRaisesRegex(FloatingPointError, r"Non-finite training loss .* step 0.*train\.lr"):
             trainer.fit()
         self.assertTrue((run_dir / "checkpoints" / "nonfinite_step_0.pt").is_file())

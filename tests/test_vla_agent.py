@@ -19,8 +19,8 @@ class NormalizationTest(unittest.TestCase):
         expected = torch.tensor([[0.0, 1.0, -1.0], [-1.0, -0.5, -1.0]])  # constant dim -> -1
         torch.testing.assert_close(agent._normalize_qpos(qpos), expected)
         action = torch.tensor([[15.0, -2.0], [10.0, -5.0]])
-        torch.testing.assert_close(agent._normalize_action(action), torch.tensor([[0.0, 0.5], [-1.0, -1.0]]))
-        torch.testing.assert_close(agent.unnormalize_action(agent._normalize_action(action)), action)
+        torch.testing.assert_close(agent.normalize_action(action), torch.tensor([[0.0, 0.5], [-1.0, -1.0]]))
+        torch.testing.assert_close(agent.unnormalize_action(agent.normalize_action(action)), action)
 
     def test_stats_round_trip_through_getter_and_state_dict(self):
         agent = make_agent()

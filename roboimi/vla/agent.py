@@ -113,6 +113,9 @@ class VLAAgent(nn.Module):
             n_obs_steps=obs_horizon,
             cond_dim=self.cond_dim,
         )
+        # torch.compile'd encoder and head for the training step (`compile_training_passes`), kept out of the
+        # module tree so the state-dict keys stay those of the plain modules.
+        self._compiled = {}
 
         scheduler_args = dict(
             num_train_timesteps=num_train_timesteps,
@@ -126,6 +129,8 @@ class VLAAgent(nn.Module):
         # NaN until stats are set, so a policy without stats fails loudly instead of acting on garbage.
         for key, dim in zip(NORMALIZATION_KEYS, (obs_dim, obs_dim, action_dim, action_dim)):
             self.register_buffer(key, torch.full((dim,), float("nan")))
+        self._stats_checked = False
+        self.register_load_state_dict_post_hook(self._stats_loaded)
         if normalization_stats is not None:
             self.set_normalization_stats(normalization_stats)
 
@@ -148,23 +153,30 @@ class VLAAgent(nn.Module):
                     f"(obs_dim={self.obs_dim}, action_dim={self.action_dim}). Use stats of the same dataset."
                 )
             buffer.copy_(value)
+        self._stats_checked = False
+
+    def _stats_loaded(self, module, incompatible_keys) -> None:
+        self._stats_checked = False
 
     def get_normalization_stats(self) -> dict[str, torch.Tensor]:
         return {key: getattr(self, key).detach().cpu().clone() for key in NORMALIZATION_KEYS}
 
     def _stats(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         low, high = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
-        if torch.isnan(low).any() or torch.isnan(high).any():
-            raise RuntimeError(
-                f"The {name} normalization stats are not set. Call agent.set_normalization_stats(stats) with the "
-                "dataset's stats, or load a checkpoint (its state dict holds them)."
-            )
+        # Checked once after every change of the stats, not per call: the check reads the buffers back to the host.
+        if not self._stats_checked:
+            if any(torch.isnan(getattr(self, key)).any() for key in NORMALIZATION_KEYS):
+                raise RuntimeError(
+                    f"The normalization stats are not set. Call agent.set_normalization_stats(stats) with the "
+                    "dataset's stats, or load a checkpoint (its state dict holds them)."
+                )
+            self._stats_checked = True
         return low, high
 
     def _normalize_qpos(self, qpos: torch.Tensor) -> torch.Tensor:
         return normalize_minmax(qpos, *self._stats("qpos"))
 
-    def _normalize_action(self, action: torch.Tensor) -> torch.Tensor:
+    def normalize_action(self, action: torch.Tensor) -> torch.Tensor:
         return normalize_minmax(action, *self._stats("action"))
 
     def unnormalize_action(self, action: torch.Tensor) -> torch.Tensor:
@@ -201,7 +213,28 @@ class VLAAgent(nn.Module):
             if images[cam].dtype != torch.uint8:
                 raise TypeError(f"images[{cam!r}] has dtype {images[cam].dtype}; pass the raw uint8 frames.")
             pixels[cam] = images[cam].to(self._device).float() / 255.0
-        return self.vision_backbone(pixels)
+        return self.training_pass("vision_backbone")(pixels)
+
+    def compile_training_passes(self) -> None:
+        """torch.compile the encoder and the head for train-mode calls; eval-mode calls (validation loss, sampling,
+        rollouts) and copies of the agent stay eager. Compilation happens at the first training step."""
+        self._compiled = {name: torch.compile(getattr(self, name)) for name in ("vision_backbone", "noise_pred_net")}
+
+    def drop_compiled_passes(self) -> None:
+        self._compiled = {}
+
+    @property
+    def compiled_training_passes(self) -> bool:
+        return bool(self._compiled)
+
+    def training_pass(self, name: str) -> nn.Module:
+        """The submodule `name` as the training step calls it: compiled in train mode after compile_training_passes."""
+        module = getattr(self, name)
+        return self._compiled.get(name, module) if self.training else module
+
+    def __getstate__(self):
+        # Compiled callables neither pickle (spawned rollout workers) nor deep-copy (EMA): copies run eager.
+        return {**self.__dict__, "_compiled": {}}
 
     def _masked_mean(self, elementwise: torch.Tensor, action_is_pad: torch.Tensor | None) -> torch.Tensor:
         """Mean of a (B, pred_horizon, action_dim) loss over the real (non-padded) action steps."""
@@ -213,14 +246,14 @@ class VLAAgent(nn.Module):
 
     def compute_loss(self, batch: Mapping) -> torch.Tensor:
         """DDPM objective on a dataset batch (raw qpos/action, uint8 images) -> scalar loss."""
-        action = self._normalize_action(batch["action"].to(self._device).float())  # (B, pred_horizon, A)
+        action = self.normalize_action(batch["action"].to(self._device).float())  # (B, pred_horizon, A)
         cond = self.encode_observation(batch["images"], batch["qpos"])
         noise = torch.randn_like(action)
         timesteps = torch.randint(
             0, self.noise_scheduler.config.num_train_timesteps, (action.shape[0],), device=self._device
         )
         noisy_action = self.noise_scheduler.add_noise(action, noise, timesteps)
-        pred = self.noise_pred_net(noisy_action, timesteps, cond)
+        pred = self.training_pass("noise_pred_net")(noisy_action, timesteps, cond)
         target = noise if self.prediction_type == "epsilon" else action
         return self._masked_mean((pred - target) ** 2, batch.get("action_is_pad"))
 

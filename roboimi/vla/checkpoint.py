@@ -40,6 +40,14 @@ def tensor_bytes(tree) -> int:
     return 0
 
 
+def policy_export(checkpoint: dict) -> dict:
+    """The evaluation export (policy.pt) of a training checkpoint: its rollout weights (EMA when kept), config and
+    step; no optimizer state, so a fraction of the size."""
+    weights = "ema" if "ema" in checkpoint else "raw"
+    state = checkpoint["ema"] if weights == "ema" else checkpoint["agent"]
+    return {"agent": state, "weights": weights, "config": checkpoint["config"], "global_step": checkpoint["global_step"]}
+
+
 def save_checkpoint(path, payload: dict) -> Path:
     """torch.save through a temporary file + fsync + os.replace: never a half-written checkpoint.
 
@@ -199,15 +207,21 @@ def require_trusted_config(config, source, where: str = "config") -> None:
 
 
 def upgrade_config(config: dict) -> dict:
-    """A checkpoint config written before the agent owned its observation spec, in today's layout.
+    """A checkpoint config of an earlier version, in today's layout.
 
-    Then the state keys lived only under data, and the encoder could resize images itself (resize_shape), which
-    is now done only when the dataset reads them (data.image_resize_shape).
+    Before the agent owned its observation spec, the state keys lived only under data, and the encoder could resize
+    images itself (resize_shape), which is now done only when the dataset reads them (data.image_resize_shape).
+    Before `derivative_precision`, the iMF derivative passes ran in the step's precision: fp32 unless the run set
+    train.bf16_autocast, so fp32 is taken. Before `camera_dropout`, every camera was always seen: 0.
     """
     config = copy.deepcopy(config)
     agent = config["agent"]
     agent.setdefault("state_keys", config.get("data", {}).get("state_keys", ["qpos"]))
+    if agent.get("_target_") == "roboimi.vla.agent_imf.IMFVLAAgent":
+        agent.setdefault("derivative_precision", "fp32")
     backbone = agent.get("vision_backbone", {})
+    if backbone.get("_target_", "").endswith(".ResNetDiffusionBackbone"):
+        backbone.setdefault("camera_dropout", 0.0)
     if backbone.pop("resize_shape", None) is not None:
         raise ValueError(
             "The checkpoint's encoder resizes its images (agent.vision_backbone.resize_shape), which this version of "

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from roboimi.vla.fast_paths import attention_backends, bf16_autocast
+from roboimi.vla.fast_paths import attention_backends, precision_autocast
 
 # A state-only agent renders no cameras; this size serves its trajectory images and videos.
 NO_CAMERA_RENDER_SIZE = (96, 96)
@@ -20,10 +20,10 @@ class AgentPolicy:
     its state from the env observation by its observation spec.
     """
 
-    def __init__(self, agent: nn.Module, fused_sdpa=False, bf16_autocast=False):
+    def __init__(self, agent: nn.Module, fused_sdpa=False, precision="fp32"):
         self.agent = agent
         self.fused_sdpa = fused_sdpa
-        self.bf16_autocast = bf16_autocast
+        self.precision = precision
 
     @property
     def last_preprocess_ms(self) -> float:
@@ -44,7 +44,7 @@ class AgentPolicy:
 
     def select_action(self, obs: Mapping) -> torch.Tensor:
         device = next(self.agent.parameters()).device
-        with attention_backends(self.fused_sdpa, device), bf16_autocast(self.bf16_autocast, device):
+        with attention_backends(self.fused_sdpa, device), precision_autocast(self.precision, device):
             return self.agent.select_action(obs)
 
 
@@ -59,7 +59,7 @@ def evaluate_agent(
     from roboimi.envs.rollout import evaluate_policy
 
     spec = agent.observation_spec
-    policy = AgentPolicy(agent, fused_sdpa=cfg.eval.fused_sdpa, bf16_autocast=cfg.eval.bf16_autocast)
+    policy = AgentPolicy(agent, fused_sdpa=cfg.eval.fused_sdpa, precision=cfg.eval.precision)
     return evaluate_policy(
         policy,
         task=cfg.eval.task,

@@ -2,7 +2,8 @@
 
 * Fused scaled-dot-product attention (flash / memory-efficient kernels) outside the iMF JVP, which always
   runs on the math backend because fused kernels have no forward-mode derivative.
-* bf16 autocast around forward passes (`train.bf16_autocast`, `eval.bf16_autocast`).
+* bf16 autocast around forward passes (`train.precision`, `eval.precision`): matmuls and convolutions in bf16,
+  weights, optimizer state and EMA in fp32.
 * For rollouts only (`eval.fuse_conv_bn`, `eval.channels_last`, `eval.compile_encoder`, `eval.compile_head`,
   applied by `apply_eval_fast_paths`): BatchNorm folded into the conv before it, channels-last convolutions,
   torch.compile of the vision encoders and of the action head. They change the acting agent in place and are
@@ -27,8 +28,14 @@ def attention_backends(fused_sdpa, device: torch.device):
     return nullcontext() if use_fused else sdpa_kernel(SDPBackend.MATH)
 
 
-def bf16_autocast(enabled: bool, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+PRECISIONS = ("fp32", "bf16")
+
+
+def precision_autocast(precision: str, device: torch.device):
+    """`precision`: 'fp32' (no autocast) or 'bf16' (autocast to bf16 on `device`; the weights stay fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: use one of {list(PRECISIONS)}.")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def compile_head(agent) -> None:

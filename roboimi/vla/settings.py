@@ -6,6 +6,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from roboimi.vla import CONFIG_DIR
+from roboimi.vla.fast_paths import PRECISIONS
 
 SCHEDULER_TYPES = ("cosine", "constant")
 
@@ -58,8 +59,9 @@ def validate_train_settings(cfg: DictConfig) -> None:
         len(train.betas) == 2 and all(0 <= b < 1 for b in train.betas), "betas", list(train.betas), "two values in [0, 1)"
     )
     _require(train.scheduler_type in SCHEDULER_TYPES, "scheduler_type", train.scheduler_type, f"one of {list(SCHEDULER_TYPES)}")
-    for key in ("channels_last", "use_ema", "bf16_autocast"):
+    for key in ("channels_last", "use_ema", "compile"):
         _require(isinstance(train[key], bool), key, train[key], "true or false")
+    _require(train.precision in PRECISIONS, "precision", train.precision, f"one of {list(PRECISIONS)}")
     resume = train.resume
     _require(resume is None or isinstance(resume, str), "resume", resume, "null, auto or a checkpoint path")
 
@@ -79,6 +81,7 @@ def validate_eval_settings(evaluation: DictConfig) -> None:
             "video_episodes", "null (all) or an integer >= 0")
     for key in ("use_ema", "record_video", "trajectory_image", "swanlab"):
         require(isinstance(evaluation[key], bool), key, "true or false")
+    require(evaluation.precision in PRECISIONS, "precision", f"one of {list(PRECISIONS)}")
     output_dir = evaluation.output_dir
     require(output_dir is None or (isinstance(output_dir, str) and not Path(output_dir).is_file()), "output_dir",
             "null (<run>/eval) or a directory path, not an existing file")

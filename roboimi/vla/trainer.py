@@ -23,8 +23,10 @@ from roboimi.vla.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     model_config_differences,
+    policy_export,
     restore_rng_state,
     save_checkpoint,
+    upgrade_config,
 )
 from roboimi.vla.data import build_datasets
 from roboimi.vla.data.epoch_batch_sampler import EpochBatchSampler
@@ -32,7 +34,7 @@ from roboimi.vla.distributed import AgentLoss, assert_ranks_agree, init_distribu
 from roboimi.vla.ema import build_ema
 from roboimi.vla.evaluation import evaluate_agent
 from roboimi.vla.experiment_logger import ExperimentLogger
-from roboimi.vla.fast_paths import attention_backends, bf16_autocast, use_channels_last
+from roboimi.vla.fast_paths import attention_backends, precision_autocast, use_channels_last
 from roboimi.vla.models.heads.external_checkpoint import load_external_imf_head_state_dict
 from roboimi.vla.optim import build_lr_scheduler, build_optimizer
 from roboimi.vla.graceful_stop import GracefulStop, ignore_stop_signals
@@ -61,6 +63,41 @@ def make_loader(dataset, cfg, dist_ctx, shuffle_seed: int) -> tuple[DataLoader, 
 
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def describe_failure(error: BaseException) -> str:
+    """'<type>: <first line of the message>' (and the line after it when the first ends in ':', as torch.compile's
+    'backend=... raised:' does)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [""]
+    summary = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return f"{type(error).__name__}: {summary}"
+
+
+class StepMetrics:
+    """Loss and gradient-norm sums over the steps since the last read, and the first step with a non-finite loss,
+    kept on the training device so that a step never waits for it; read back every train.log_freq steps."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(2, device=device)  # loss, gradient norm
+        self.steps = 0
+        self.first_nonfinite = torch.tensor(-1, device=device)
+
+    def add(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.sums += torch.stack([loss.float(), grad_norm.float()])
+        self.steps += 1
+        unseen = ~torch.isfinite(loss) & (self.first_nonfinite < 0)
+        self.first_nonfinite = torch.where(unseen, step, self.first_nonfinite)
+
+    def first_nonfinite_step(self) -> int | None:
+        step = int(self.first_nonfinite)
+        return None if step < 0 else step
+
+    def read_and_reset(self) -> tuple[float, float]:
+        """(mean loss, mean gradient norm) over the steps since the last read."""
+        loss, grad_norm = (self.sums / max(self.steps, 1)).tolist()
+        self.sums.zero_()
+        self.steps = 0
+        return loss, grad_norm
 
 
 def fill_data_dims(cfg: DictConfig, bundle) -> None:
@@ -182,12 +219,18 @@ class Trainer:
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.loss_model = torch.nn.parallel.DistributedDataParallel(self.loss_model, device_ids=device_ids)
-        # Built after the move to the device, so the averaged copy lives there too.
+        # Built after the move to the device, so the averaged copy lives there too, and before compiling: the copy
+        # that rollouts use stays eager.
         self.ema = build_ema(self.agent, cfg.train.ema_power, cfg.train.ema_max_decay) if cfg.train.use_ema else None
+        if cfg.train.compile:
+            self.agent.compile_training_passes()
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest conv kernels once
         self.optimizer = build_optimizer(self.agent, cfg.train.lr, cfg.train.betas, cfg.train.weight_decay)
         self.lr_scheduler = build_lr_scheduler(self.optimizer, cfg.train)
         self.trainable_params = [p for p in self.agent.parameters() if p.requires_grad]
 
+        self.metrics = StepMetrics(self.device)
         self.global_step = 0
         self.epoch = 0
         self.batches_done_in_epoch = 0
@@ -197,6 +240,7 @@ class Trainer:
         self.config_dict = OmegaConf.to_container(cfg, resolve=True)
         if resume_paths:
             self.resume_from(resume_paths)
+        self.first_step = self.global_step  # of this process: where a compiled run compiles
 
         self.logger = ExperimentLogger(
             self.run_dir,
@@ -224,7 +268,7 @@ class Trainer:
         return self.agent if self.ema is None else self.ema.module
 
     def checkpoint_payload(self) -> dict:
-        ema = {} if self.ema is None else {"ema": self.ema.module.state_dict(), "ema_updates": int(self.ema.n_averaged)}
+        ema = {} if self.ema is None else {"ema": self.ema.module.state_dict(), "ema_updates": self.ema.n_averaged}
         return {
             "agent": self.agent.state_dict(),
             **ema,
@@ -241,13 +285,15 @@ class Trainer:
 
     def export_policy(self) -> Path:
         """<run>/policy.pt: the rollout weights (EMA when kept), config and step; no optimizer. eval_vla.py takes it."""
-        path = self.run_dir / "policy.pt"
-        weights = "raw" if self.ema is None else "ema"
-        payload = {"agent": self.policy.state_dict(), "weights": weights, "config": self.config_dict, "global_step": self.global_step}
-        return save_checkpoint(path, payload)
+        ema = {} if self.ema is None else {"ema": self.ema.module.state_dict()}
+        weights = {"agent": self.agent.state_dict(), **ema, "config": self.config_dict, "global_step": self.global_step}
+        return save_checkpoint(self.run_dir / "policy.pt", policy_export(weights))
 
     def save(self, name: str) -> Path:
-        """Collective: every rank contributes its RNG state, rank 0 writes."""
+        """Collective: every rank contributes its RNG state, rank 0 writes. A step checkpoint is written only after
+        checking that every step since the last check had a finite loss."""
+        if not name.startswith("nonfinite"):
+            self.stop_if_nonfinite()
         payload = self.checkpoint_payload()
         path = self.ckpt_dir / name
         if self.dist.is_main:
@@ -261,7 +307,7 @@ class Trainer:
     def resume_from(self, candidates: list[Path]) -> None:
         """Continue from the first readable checkpoint of `candidates` (see load_resume_checkpoint)."""
         checkpoint, path = load_resume_checkpoint(candidates)
-        differences = model_config_differences(checkpoint["config"], self.config_dict)
+        differences = model_config_differences(upgrade_config(checkpoint["config"]), self.config_dict)
         if differences:
             raise ValueError(
                 f"Checkpoint {path} was trained with a different model config; differing keys:\n  "
@@ -274,7 +320,7 @@ class Trainer:
         if self.ema is not None:
             if "ema" in checkpoint:
                 self.ema.module.load_state_dict(checkpoint["ema"])
-                self.ema.n_averaged.fill_(checkpoint["ema_updates"])
+                self.ema.n_averaged = checkpoint["ema_updates"]
             elif self.dist.is_main:
                 print(f"{path} holds no EMA weights (trained with train.use_ema=false): the EMA starts from its weights.")
         self.global_step = checkpoint["global_step"]
@@ -292,22 +338,32 @@ class Trainer:
     # ---- one optimizer step ------------------------------------------------------------------
     @contextmanager
     def forward_context(self):
-        with attention_backends(self.cfg.train.fused_sdpa, self.device), bf16_autocast(self.cfg.train.bf16_autocast, self.device):
+        with attention_backends(self.cfg.train.fused_sdpa, self.device), precision_autocast(self.cfg.train.precision, self.device):
             yield
 
-    def train_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step; returns the loss averaged over ranks and the (clipped-from) gradient norm."""
+    def loss_and_gradients(self, batch: dict) -> torch.Tensor:
+        """This process's loss on `batch`, with its gradients in the parameters' .grad."""
         with self.forward_context():
             loss = self.loss_model(to_device(batch, self.device))
-        mean_loss = self.dist.mean(loss.detach())
-        if not torch.isfinite(mean_loss):
-            path = self.save(f"nonfinite_step_{self.global_step}.pt")
-            raise FloatingPointError(
-                f"Non-finite training loss ({mean_loss.item()}) at step {self.global_step}; diagnostic checkpoint: {path}. "
-                f"Try a lower train.lr, a positive train.grad_clip, or check the dataset for NaN/inf values."
-            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        return loss
+
+    def train_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; returns the loss averaged over ranks and the (clipped-from) gradient norm as device
+        tensors, also added to `metrics`. Nothing here waits for the device: the loss is checked for finiteness where
+        the metrics are read back (every train.log_freq steps) and before every checkpoint."""
+        try:
+            loss = self.loss_and_gradients(batch)
+        except Exception as error:
+            # Compilation happens in this process's first step (forward and backward); a failure there falls back.
+            if not self.agent.compiled_training_passes or self.global_step > self.first_step:
+                raise
+            self.agent.drop_compiled_passes()
+            reason = describe_failure(error)
+            print(f"train.compile=true: torch.compile failed ({reason}); training continues without compiling.", flush=True)
+            loss = self.loss_and_gradients(batch)
+        mean_loss = self.dist.mean(loss.detach())
         max_norm = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_params, max_norm)
         check_sync = self.dist.enabled and self.global_step < self.cfg.train.ddp_sync_check_steps
@@ -319,8 +375,22 @@ class Trainer:
         self.lr_scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.agent)
+        self.metrics.add(self.global_step, mean_loss, grad_norm)
         self.global_step += 1
         return mean_loss, grad_norm
+
+    def stop_if_nonfinite(self) -> None:
+        """Raise FloatingPointError, after a diagnostic checkpoint, if a step since the last check had a non-finite
+        loss (reads one number back from the device)."""
+        step = self.metrics.first_nonfinite_step()
+        if step is None:
+            return
+        path = self.save(f"nonfinite_step_{step}.pt")
+        raise FloatingPointError(
+            f"Non-finite training loss at step {step} (checked at step {self.global_step}); diagnostic checkpoint with "
+            f"the weights of step {self.global_step}: {path}; the earlier checkpoints in {self.ckpt_dir} hold finite "
+            f"weights. Try a lower train.lr, a positive train.grad_clip, or check the dataset for NaN/inf values."
+        )
 
     # ---- validation events -------------------------------------------------------------------
     @torch.no_grad()
@@ -385,7 +455,8 @@ class Trainer:
             f"  data       {cfg.data.dataset_dir}: {len(bundle.train_episodes)} training episodes, "
             f"{len(bundle.train)} samples{val}; {cameras}; state {list(spec.state_keys)} ({self.agent.obs_dim} dims)",
             f"  parameters encoder {millions(self.agent.vision_backbone)}, head {millions(self.agent.noise_pred_net)}; "
-            f"batch {self.global_batch_size}, lr {cfg.train.lr}, EMA {'on' if self.ema is not None else 'off'}",
+            f"batch {self.global_batch_size}, lr {cfg.train.lr}, EMA {'on' if self.ema is not None else 'off'}, "
+            f"{cfg.train.precision}{', compiled' if cfg.train.compile else ''}",
             f"  tracking   {self.logger.jsonl_path}, {tracking}",
         ])
 
@@ -421,17 +492,19 @@ class Trainer:
         while self.global_step < cfg.max_steps and not stop.requested:
             self.batch_sampler.set_epoch(self.epoch, skip_batches=self.batches_done_in_epoch)
             for batch in self.train_loader:
-                loss, grad_norm = self.train_step(batch)
+                self.train_step(batch)
                 self.batches_done_in_epoch += 1
                 bar.update(1)
                 if self.global_step % cfg.log_freq == 0 or self.global_step == cfg.max_steps:
+                    self.stop_if_nonfinite()
+                    mean_loss, mean_grad_norm = self.metrics.read_and_reset()
                     now = time.perf_counter()
                     it_per_s = (self.global_step - last_log_step) / (now - last_log_time)
                     last_log_time, last_log_step = now, self.global_step
                     lr = self.optimizer.param_groups[0]["lr"]
-                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
                     self.logger.log_scalars(
-                        {"train/loss": loss.item(), "train/lr": lr, "train/grad_norm": grad_norm.item(), "train/it_per_s": it_per_s},
+                        {"train/loss": mean_loss, "train/lr": lr, "train/grad_norm": mean_grad_norm, "train/it_per_s": it_per_s},
                         self.global_step,
                     )
                 if self.global_step % cfg.save_freq == 0:

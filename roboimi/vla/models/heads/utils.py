@@ -132,13 +132,16 @@ def run_encoder_decoder(
     if head.encoder_only:
         x = torch.cat(time_tokens + [sample_tokens], dim=1)
         x = head.drop(x + head.pos_emb[:, : x.shape[1], :])
-        x = head.encoder(src=x, mask=head.mask)
+        # is_causal: the mask is causal_mask's, and saying so spares torch comparing it on the host every call.
+        x = head.encoder(src=x, mask=head.mask, is_causal=head.mask is not None)
         return x[:, len(time_tokens):, :]
     cond_tokens = time_tokens if obs_tokens is None else time_tokens + [obs_tokens]
     memory = torch.cat(cond_tokens, dim=1)  # (B, T_cond, D)
     memory = head.encoder(head.drop(memory + head.cond_pos_emb[:, : memory.shape[1], :]))
     x = head.drop(sample_tokens + head.pos_emb[:, : sample_tokens.shape[1], :])
-    return head.decoder(tgt=x, memory=memory, tgt_mask=head.mask, memory_mask=head.memory_mask)
+    return head.decoder(
+        tgt=x, memory=memory, tgt_mask=head.mask, memory_mask=head.memory_mask, tgt_is_causal=head.mask is not None
+    )
 
 
 # Modules that hold no parameters of their own (or only children handled separately) in both heads.

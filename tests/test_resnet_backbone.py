@@ -112,6 +112,23 @@ class BackboneShapeTest(unittest.TestCase):
             expected = backbone.rgb_encoder(images[cam].flatten(0, 1)).view(2, 2, 64)
             torch.testing.assert_close(out[..., 64 * i : 64 * (i + 1)], expected)
 
+    def test_camera_dropout_drops_whole_cameras_in_training_only(self):
+        images = camera_batch(batch=64, size=(64, 64))
+        # GroupNorm: train and eval mode compute the same features apart from the dropout
+        backbone = ResNetDiffusionBackbone(input_shape=(64, 64), use_group_norm=True, camera_dropout=0.5).eval()
+        full = backbone(images).view(64, 2, 3, 64)  # (B, T, camera, feature)
+        torch.testing.assert_close(backbone(images).view_as(full), full)
+        torch.manual_seed(0)
+        dropped = backbone.train()(images).view_as(full)
+        zero = (dropped == 0).all(dim=-1)  # (B, T, camera)
+        # a camera is dropped for all frames of a sample or for none; kept ones are scaled by 1 / (1 - p)
+        self.assertTrue(torch.equal(zero[:, 0], zero[:, 1]))
+        self.assertTrue(0.3 < zero[:, 0].float().mean() < 0.7)
+        kept = ~zero[:, 0]
+        torch.testing.assert_close(dropped.permute(0, 2, 1, 3)[kept], 2 * full.permute(0, 2, 1, 3)[kept])
+        with self.assertRaisesRegex(ValueError, "camera_dropout=1.0"):
+            ResNetDiffusionBackbone(input_shape=(16, 16), camera_dropout=1.0)
+
     def test_missing_input_shape(self):
         with self.assertRaisesRegex(ValueError, "data.image_shape"):
             ResNetDiffusionBackbone(input_shape=None)

@@ -184,7 +184,9 @@ class _SingleRgbEncoder(nn.Module):
 class ResNetDiffusionBackbone(nn.Module):
     """Encodes a dict of camera videos into one feature vector per time step.
 
-    The agent's observation spec checks cameras and image size before the images get here.
+    The agent's observation spec checks cameras and image size before the images get here. With
+    `camera_dropout` > 0 each training sample loses each camera's features (all its frames) with that probability,
+    the rest scaled by 1 / (1 - p) as in dropout, so that no single view can carry the policy alone.
     """
 
     def __init__(
@@ -200,8 +202,11 @@ class ResNetDiffusionBackbone(nn.Module):
         crop_is_random: bool = True,
         camera_names: Sequence[str] = ("r_vis", "top", "front"),
         input_shape: Sequence[int] | None = (96, 96),
+        camera_dropout: float = 0.0,
     ):
         super().__init__()
+        if not 0.0 <= camera_dropout < 1.0:
+            raise ValueError(f"camera_dropout={camera_dropout} must be in [0, 1); 0 turns it off.")
         if input_shape is None or len(input_shape) != 2:
             raise ValueError(
                 f"input_shape={input_shape!r} must be the [H, W] of the camera images; it sizes the "
@@ -211,6 +216,7 @@ class ResNetDiffusionBackbone(nn.Module):
         self.num_cameras = len(self.camera_names)
         self.input_shape = tuple(int(v) for v in input_shape)
         self.use_separate_rgb_encoder_per_camera = use_separate_rgb_encoder_per_camera
+        self.camera_dropout = camera_dropout
 
         def make_encoder() -> _SingleRgbEncoder:
             return _SingleRgbEncoder(
@@ -236,11 +242,19 @@ class ResNetDiffusionBackbone(nn.Module):
         # images: {cam: (B, T, 3, H, W) float in [0, 1]} -> (B, T, num_cameras * output_dim)
         batch, steps = images[self.camera_names[0]].shape[:2]
         if self.use_separate_rgb_encoder_per_camera:
-            features = [
-                encoder(images[cam].flatten(0, 1)).view(batch, steps, -1)
-                for cam, encoder in zip(self.camera_names, self.rgb_encoder)
-            ]
-            return torch.cat(features, dim=-1)
-        stacked = torch.stack([images[cam] for cam in self.camera_names], dim=2)  # (B, T, N, 3, H, W)
-        features = self.rgb_encoder(stacked.flatten(0, 2))  # (B*T*N, output_dim)
-        return features.view(batch, steps, self.num_cameras * self.output_dim)
+            features = torch.stack(
+                [
+                    encoder(images[cam].flatten(0, 1)).view(batch, steps, -1)
+                    for cam, encoder in zip(self.camera_names, self.rgb_encoder)
+                ],
+                dim=1,
+            )  # (B, N, T, output_dim)
+        else:
+            stacked = torch.stack([images[cam] for cam in self.camera_names], dim=1)  # (B, N, T, 3, H, W)
+            features = self.rgb_encoder(stacked.flatten(0, 2)).view(batch, self.num_cameras, steps, -1)
+        if self.camera_dropout > 0:
+            # dropout1d zeroes whole channels of (B, C, L): here a camera's features at all T steps
+            features = nn.functional.dropout1d(
+                features.flatten(2), self.camera_dropout, training=self.training
+            ).view_as(features)
+        return features.permute(0, 2, 1, 3).reshape(batch, steps, self.num_cameras * self.output_dim)

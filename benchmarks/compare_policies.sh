@@ -7,7 +7,8 @@
 #      train=image_cpu with 16 000 steps, the two agents side by side on one core each (about 1.5 h), each scored
 #      with its final weights and with its best rollout validation's (checkpoints/best_rollout.pt);
 #   3. images_3cam: the same agents from the three 96x96 cameras (r_vis, top, front, one encoder each),
-#      train=image_cpu_3cam (about 1.5 h).
+#      train=image_cpu_3cam with each camera's features dropped at random in training
+#      (agent.vision_backbone.camera_dropout=0.3; without it neither agent learns the task in the budget), about 1.5 h.
 #   Both image parts train from one 3-camera recording (about 16 min with two recording workers).
 #
 #   bash benchmarks/compare_policies.sh                      # all parts
@@ -103,5 +104,6 @@ if [[ " $PARTS " == *" images "* ]]; then
     image_part images sim_transfer_top "[top]" "${TRAIN:-image_cpu}" "train.max_steps=16000"
 fi
 if [[ " $PARTS " == *" images_3cam "* ]]; then
-    image_part images_3cam sim_transfer "[r_vis,top,front]" "${TRAIN:-image_cpu_3cam}"
+    image_part images_3cam sim_transfer "[r_vis,top,front]" "${TRAIN:-image_cpu_3cam}" \
+        "agent.vision_backbone.camera_dropout=${CAMERA_DROPOUT:-0.3}"
 fi

@@ -8,8 +8,11 @@
 #      with its final weights and with its best rollout validation's (checkpoints/best_rollout.pt);
 #   3. images_3cam: the same agents from the three 96x96 cameras (r_vis, top, front, one encoder each),
 #      train=image_cpu_3cam with each camera's features dropped at random in training
-#      (agent.vision_backbone.camera_dropout=0.3; without it neither agent learns the task in the budget), about 1.5 h.
-#   Both image parts train from one 3-camera recording (about 16 min with two recording workers).
+#      (agent.vision_backbone.camera_dropout=0.3; without it neither agent learns the task in the budget), about 1.5 h;
+#   4. images_insertion: sim_insertion from the top camera at 96x96, 200 demos, the same agents with the state
+#      recipes' long chunks (32 predicted, 24 played) and 10 000 steps, about 1.2 h.
+#   Both sim_transfer image parts train from one 3-camera recording (about 16 min with two recording workers); the
+#   insertion part records its own (top camera, about 16 min).
 #
 #   bash benchmarks/compare_policies.sh                      # all parts
 #   PARTS=images_3cam bash benchmarks/compare_policies.sh    # one part
@@ -25,10 +28,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-.venv/bin/python}
-PARTS=${PARTS:-"state images images_3cam"}
+PARTS=${PARTS:-"state images images_3cam images_insertion"}
 if [ "${QUICK:-0}" = 1 ]; then
     EPISODES=${EPISODES:-2}; EVAL_EPISODES=${EVAL_EPISODES:-2}; EVAL_MAX_TIMESTEPS=${EVAL_MAX_TIMESTEPS:-20}
     OUT=${OUT:-runs/compare_quick}; DATA_DIR=${DATA_DIR:-data/compare_quick/sim_transfer_3cam}
+    INSERTION_EPISODES=${INSERTION_EPISODES:-2}; INSERTION_DATA_DIR=${INSERTION_DATA_DIR:-data/compare_quick/sim_insertion_top}
     EXTRA=${EXTRA:-"train.max_steps=20 train.warmup_steps=2 train.log_freq=5 train.save_freq=20"}
     # One short validation rollout, at the end only: it writes the best_rollout.pt that the best-weights scores read.
     EXTRA="$EXTRA train.rollout_val_freq_epochs=1000 train.rollout_num_episodes=1 eval.max_timesteps=20"
@@ -37,12 +41,14 @@ DDPM_AGENT=${DDPM_AGENT:-image_transformer}
 IMF_AGENT=${IMF_AGENT:-image_imf_attnres}
 IMAGE=${IMAGE:-96}                    # square camera images (px), recorded and trained at this size
 EPISODES=${EPISODES:-120}             # scripted sim_transfer demos (seeds 0..)
+INSERTION_EPISODES=${INSERTION_EPISODES:-200}  # scripted sim_insertion demos (seeds 0..)
 EXTRA=${EXTRA:-}                      # more Hydra overrides for both agents, e.g. "train.max_steps=9000"
 EVAL_EPISODES=${EVAL_EPISODES:-50}    # held-out rollouts per policy (seeds 1000..)
 EVAL_MAX_TIMESTEPS=${EVAL_MAX_TIMESTEPS:-null}  # null = the task's episode length
 OUT=${OUT:-runs/compare}
-# Both image parts train from one 3-camera recording; the one-camera part reads only its top camera.
+# Both sim_transfer image parts train from one 3-camera recording; the one-camera part reads only its top camera.
 DATA_DIR=${DATA_DIR:-data/sim_transfer_3cam_${IMAGE}px_$EPISODES}
+INSERTION_DATA_DIR=${INSERTION_DATA_DIR:-data/sim_insertion_top_${IMAGE}px_$INSERTION_EPISODES}
 # On a shared CPU, more threads than free cores make every op wait on the slowest thread.
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
@@ -53,16 +59,18 @@ fi
 [[ " $PARTS " == *" images"* ]] || exit 0
 "$PYTHON" -c "import matplotlib" 2>/dev/null || "$PYTHON" -m pip install -q -e ".[bench]"  # the plots
 
-echo "== record $EPISODES sim_transfer demos, cameras [r_vis,top,front] at ${IMAGE}x${IMAGE}, in $DATA_DIR"
-"$PYTHON" roboimi/demos/record_sim_episodes.py task=sim_transfer num_episodes="$EPISODES" \
-    dataset_dir="$DATA_DIR" camera_names="[r_vis,top,front]" image_size="[$IMAGE,$IMAGE]" seed=0 num_workers=2
+record() {  # record TASK EPISODES DATASET_DIR CAMERAS
+    echo "== record $2 $1 demos, cameras $4 at ${IMAGE}x${IMAGE}, in $3"
+    "$PYTHON" roboimi/demos/record_sim_episodes.py task="$1" num_episodes="$2" \
+        dataset_dir="$3" camera_names="$4" image_size="[$IMAGE,$IMAGE]" seed=0 num_workers=2
+}
 
-train() {  # train PART_DIR NAME AGENT_CONFIG DATA_CONFIG CAMERAS TRAIN_PRESET PART_OVERRIDES
+train() {  # train PART_DIR NAME AGENT_CONFIG DATA_CONFIG CAMERAS TRAIN_PRESET PART_OVERRIDES (reads $PART_DATA_DIR)
     local run_dir=$1/train_$2
     echo "== train $2 ($3, cameras $5, train=$6) in $run_dir (log: $run_dir.log)"
     # shellcheck disable=SC2086
     "$PYTHON" roboimi/demos/vla_scripts/train_vla.py agent="$3" data="$4" train="$6" \
-        data.dataset_dir="$DATA_DIR" data.camera_names="$5" train.resume=auto hydra.run.dir="$run_dir" \
+        data.dataset_dir="$PART_DATA_DIR" data.camera_names="$5" train.resume=auto hydra.run.dir="$run_dir" \
         $7 $EXTRA > "$run_dir.log" 2>&1
 }
 
@@ -79,8 +87,8 @@ evaluate() {  # evaluate PART_DIR NAME INFERENCE_STEPS [best]: the final weights
         eval.trajectory_image=false eval.num_workers=2
 }
 
-image_part() {  # image_part NAME DATA_CONFIG CAMERAS TRAIN_PRESET [OVERRIDES]: DDPM and IMF side by side, then 50
-    # rollouts each of the final weights and of the best rollout validation's
+image_part() {  # PART_DATA_DIR=DIR image_part NAME DATA_CONFIG CAMERAS TRAIN_PRESET [OVERRIDES]: DDPM and IMF side
+    # by side on the demos in DIR, then 50 rollouts each of the final weights and of the best rollout validation's
     local part=$OUT/$1
     echo "== part $1: $DDPM_AGENT vs $IMF_AGENT, data=$2, cameras $3, train=$4, in $part"
     mkdir -p "$part"
@@ -100,10 +108,18 @@ image_part() {  # image_part NAME DATA_CONFIG CAMERAS TRAIN_PRESET [OVERRIDES]: 
     cat "$part/results.md"
 }
 
+if [[ " $PARTS " == *" images "* || " $PARTS " == *" images_3cam "* ]]; then
+    record sim_transfer "$EPISODES" "$DATA_DIR" "[r_vis,top,front]"
+fi
 if [[ " $PARTS " == *" images "* ]]; then
-    image_part images sim_transfer_top "[top]" "${TRAIN:-image_cpu}" "train.max_steps=16000"
+    PART_DATA_DIR=$DATA_DIR image_part images sim_transfer_top "[top]" "${TRAIN:-image_cpu}" "train.max_steps=16000"
 fi
 if [[ " $PARTS " == *" images_3cam "* ]]; then
-    image_part images_3cam sim_transfer "[r_vis,top,front]" "${TRAIN:-image_cpu_3cam}" \
+    PART_DATA_DIR=$DATA_DIR image_part images_3cam sim_transfer "[r_vis,top,front]" "${TRAIN:-image_cpu_3cam}" \
         "agent.vision_backbone.camera_dropout=${CAMERA_DROPOUT:-0.3}"
+fi
+if [[ " $PARTS " == *" images_insertion "* ]]; then
+    record sim_insertion "$INSERTION_EPISODES" "$INSERTION_DATA_DIR" "[top]"
+    PART_DATA_DIR=$INSERTION_DATA_DIR image_part images_insertion sim_insertion_top "[top]" "${TRAIN:-image_cpu}" \
+        "agent.pred_horizon=32 agent.num_action_steps=24 train.max_steps=10000 train.rollout_val_freq_epochs=2"
 fi

@@ -88,12 +88,11 @@ def measure(context, overrides: list[str], threads: int, processes: int, warmup:
     ]
     for worker in workers:
         worker.start()
-    result = results.get()
-    for worker in workers:
+    for worker in workers:  # the result is a few numbers: it fits the queue's pipe, so joining first cannot block
         worker.join()
-        if worker.exitcode != 0:
-            raise RuntimeError(f"a benchmark process exited with code {worker.exitcode}")
-    return result
+    if any(worker.exitcode != 0 for worker in workers):
+        raise RuntimeError(f"a benchmark process failed (exit codes {[worker.exitcode for worker in workers]}); see above")
+    return results.get(timeout=60)
 
 
 def main() -> None:

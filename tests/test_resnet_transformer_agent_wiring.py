@@ -139,3 +139,13 @@ class CpuImageRecipeWiringTest(unittest.TestCase):
                 self.assertEqual(sum(isinstance(m, nn.GroupNorm) for m in encoder.backbone), 3)
                 self.assertAlmostEqual(encoder.pool.log_inverse_temperature.exp().item(), 10.0, places=4)
                 self.assertEqual(agent.noise_pred_net.cond_dim, 64 + 14)
+
+    def test_the_insertion_pixel_data_reads_the_top_camera_and_the_joint_state_only(self):
+        cfg = compose_config(
+            "image_imf_attnres", ["data=sim_insertion_top", "train=image_cpu", "agent.obs_dim=14", "agent.action_dim=14",
+                                  "data.image_shape=[96,96]"]
+        )
+        self.assertEqual(cfg.data.task, "sim_insertion")
+        self.assertEqual(list(cfg.data.camera_names), ["top"])
+        self.assertEqual(list(cfg.data.state_keys), ["qpos"])  # the peg and socket are seen, not given
+        self.assertEqual(instantiate(cfg.agent).camera_names, ("top",))

@@ -12,7 +12,8 @@ from torch import nn
 def _conv_block(in_channels: int, out_channels: int, stride: int, group_norm: bool) -> list[nn.Module]:
     conv = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
     norm = [nn.GroupNorm(max(1, out_channels // 16), out_channels)] if group_norm else []
-    return [conv, *norm, nn.ReLU()]
+    # In place: its backward needs only its output, so the pre-activation copy is never kept.
+    return [conv, *norm, nn.ReLU(inplace=True)]
 
 
 class SmallConvTrunk(nn.Sequential):

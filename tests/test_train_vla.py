@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from unittest import mock
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
@@ -150,8 +151,13 @@ class TrainVLATest(TinyDatasetTestCase):
         with self.assertRaisesRegex(ValueError, "missing"):
             Trainer(cfg, self.run_dir("wrong_head"))
 
+    @pytest.mark.slow
     def test_reference_imf_command_starts_training(self):
-        """The reference IMF-AttnRes run's overrides, with CPU sizes for device, steps, batch, workers and SwanLab."""
+        """The reference IMF-AttnRes run's overrides, with CPU sizes for device, steps, batch, workers and SwanLab.
+
+        Slow (about a minute, most of the default suite's margin): one step of the 32 M-parameter head and three
+        ResNet-18s and its 0.5 GB checkpoint. The head's parameter count is also checked fast, in
+        test_imf_transformer1d."""
         reference = (
             "agent=resnet_imf_attnres data.camera_names=[r_vis,top,front] train.val_split=0.0 train.seed=42 "
             "train.batch_size=80 train.lr=5e-4 train.max_steps=150000 train.log_freq=100 train.save_freq=10000 "

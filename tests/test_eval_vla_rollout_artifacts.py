@@ -135,7 +135,8 @@ class EvalVLAArtifactsTest(unittest.TestCase):
 
     def test_unknown_key_is_rejected_with_usage(self):
         allowed = (
-            r"sets only ckpt_path, device, agent.inference_steps, agent.num_action_steps, agent.temporal_ensemble_coeff "
+            r"sets only ckpt_path, device, agent.inference_steps, agent.num_action_steps, agent.temporal_ensemble_coeff, "
+            r"agent.noise_scale "
             r"and eval.<key> for <key> in: task, num_episodes"
         )
         with self.assertRaisesRegex(SystemExit, r"unknown keys: \['train.lr'\]\. .*" + allowed):
@@ -167,7 +168,10 @@ class EvalCommandLineTest(unittest.TestCase):
             self.assertEqual(result.returncode, 0, result.stderr)
             printed = yaml.safe_load(result.stdout)
             self.assertEqual((printed["ckpt_path"], printed["device"]), ("???", "auto"))
-            self.assertEqual(printed["agent"], {"inference_steps": 1, "num_action_steps": None, "temporal_ensemble_coeff": None})
+            self.assertEqual(
+                printed["agent"],
+                {"inference_steps": 1, "num_action_steps": None, "temporal_ensemble_coeff": None, "noise_scale": None},
+            )
             self.assertEqual((printed["eval"]["num_episodes"], printed["eval"]["seed"]), (3, 1000))
 
             result = run_script(["ckpt_path=missing.pt", "train.lr=1"], Path(tmp))
@@ -202,9 +206,13 @@ class EvalCommandLineTest(unittest.TestCase):
         config = eval_vla.checkpoint_config(eval_vla.compose_config(argv), stored, eval_vla.override_keys(argv))
         self.assertEqual(config["agent"]["inference_steps"], 10)
         # How the policy acts may change at evaluation; a key the checkpoint lacks is added.
-        argv = ["ckpt_path=x.pt", "agent.num_action_steps=4", "agent.temporal_ensemble_coeff=0.01"]
+        argv = ["ckpt_path=x.pt", "agent.num_action_steps=4", "agent.temporal_ensemble_coeff=0.01", "agent.noise_scale=0"]
         config = eval_vla.checkpoint_config(eval_vla.compose_config(argv), stored, eval_vla.override_keys(argv))
-        self.assertEqual(config["agent"], {"inference_steps": 10, "pred_horizon": 16, "num_action_steps": 4, "temporal_ensemble_coeff": 0.01})
+        self.assertEqual(
+            config["agent"],
+            {"inference_steps": 10, "pred_horizon": 16, "num_action_steps": 4, "temporal_ensemble_coeff": 0.01,
+             "noise_scale": 0},
+        )
 
 
 if __name__ == "__main__":

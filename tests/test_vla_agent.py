@@ -137,6 +137,19 @@ class InferenceTest(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "noise has shape"):
             agent.predict_action(batch, noise=noise[:, :4])
 
+    def test_noise_scale_scales_each_fresh_draw(self):
+        batch = make_batch()
+        draw = torch.randn(2, PRED_HORIZON, ACTION_DIM, generator=torch.Generator().manual_seed(5))
+        for scale in (0.0, 0.5):
+            with self.subTest(noise_scale=scale):
+                agent = make_agent(noise_scale=scale).eval()
+                torch.manual_seed(5)
+                sampled = agent.predict_action(batch)
+                torch.testing.assert_close(sampled, agent.predict_action(batch, noise=scale * draw))
+        # A caller's own noise is used as given.
+        agent = make_agent(noise_scale=0.0).eval()
+        self.assertFalse(torch.allclose(agent.predict_action(batch, noise=draw), agent.predict_action(batch)))
+
 
 class QueueTest(unittest.TestCase):
     def test_first_observation_fills_the_history(self):
@@ -260,6 +273,10 @@ class ConstructorTest(unittest.TestCase):
         make_agent(num_action_steps=PRED_HORIZON - OBS_HORIZON + 1)
         with self.assertRaisesRegex(ValueError, r"num_action_steps=8 .* = 7"):
             make_agent(num_action_steps=8)
+
+    def test_negative_noise_scale_is_refused_naming_the_key(self):
+        with self.assertRaisesRegex(ValueError, r"noise_scale=-0.1 must be >= 0 \(agent.noise_scale"):
+            make_agent(noise_scale=-0.1)
 
     def test_camera_names_must_match_the_backbone(self):
         with self.assertRaisesRegex(ValueError, r"\['top', 'front'\].*\['front', 'top'\]"):

@@ -68,6 +68,7 @@ class VLAAgent(nn.Module):
         prediction_type: str = "epsilon",
         normalization_stats: Mapping | None = None,
         temporal_ensemble_coeff: float | None = None,
+        noise_scale: float = 1.0,
     ):
         super().__init__()
         max_action_steps = pred_horizon - obs_horizon + 1
@@ -82,6 +83,10 @@ class VLAAgent(nn.Module):
             raise ValueError(
                 f"camera_names={list(camera_names)} differs from the vision backbone's camera_names="
                 f"{list(vision_backbone.camera_names)}. Set only data.camera_names; agent and backbone follow it."
+            )
+        if noise_scale < 0:
+            raise ValueError(
+                f"noise_scale={noise_scale} must be >= 0 (agent.noise_scale: the std of a plan's initial noise)."
             )
         if prediction_type not in ("epsilon", "sample"):
             raise ValueError(f"prediction_type={prediction_type!r} is not supported; use 'epsilon' or 'sample'.")
@@ -98,6 +103,7 @@ class VLAAgent(nn.Module):
             else TemporalEnsembler(temporal_ensemble_coeff, horizon=pred_horizon - obs_horizon + 1)
         )
         self.inference_steps = inference_steps
+        self.noise_scale = noise_scale
         # What the policy observes; the dataset builder and the evaluator follow it, and it is checked here only.
         self.observation_spec = ObservationSpec(camera_names, vision_backbone.input_shape, state_keys)
         self.prediction_type = prediction_type
@@ -262,8 +268,8 @@ class VLAAgent(nn.Module):
 
     def _initial_noise(self, batch_size: int, cond: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         shape = (batch_size, self.pred_horizon, self.action_dim)
-        if noise is None:
-            return torch.randn(shape, device=cond.device, dtype=cond.dtype)
+        if noise is None:  # a caller's own noise is used as given
+            return self.noise_scale * torch.randn(shape, device=cond.device, dtype=cond.dtype)
         if tuple(noise.shape) != shape:
             raise ValueError(f"noise has shape {tuple(noise.shape)}; expected (B, pred_horizon, action_dim) = {shape}.")
         return noise.to(device=cond.device, dtype=cond.dtype)

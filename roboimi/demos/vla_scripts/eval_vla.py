@@ -33,11 +33,13 @@ from roboimi.vla.runtime import resolve_device
 from roboimi.vla.settings import GROUP_DEFAULTS, validate_eval_settings
 
 CONFIG_NAME = "eval_vla"
-# How the trained policy acts (sampling steps, executed window, temporal ensembling): settable, null = stored.
+# How the trained policy acts (sampling steps, executed window, temporal ensembling, initial noise): settable,
+# null = stored.
 AGENT_KEYS = tuple(f"agent.{key}" for key in OmegaConf.load(CONFIG_DIR / f"{CONFIG_NAME}.yaml").agent)
 USAGE = (
     "usage: eval_vla.py ckpt_path=<file.pt> [eval.num_episodes=N] [eval.output_dir=DIR] [eval.<key>=...] "
-    "[agent.inference_steps=N] [agent.num_action_steps=N] [agent.temporal_ensemble_coeff=C] [device=auto|cpu|cuda] "
+    "[agent.inference_steps=N] [agent.num_action_steps=N] [agent.temporal_ensemble_coeff=C] [agent.noise_scale=S] "
+    "[device=auto|cpu|cuda] "
     "(eval_vla.py --help lists the eval keys)"
 )
 

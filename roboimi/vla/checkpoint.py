@@ -212,11 +212,13 @@ def upgrade_config(config: dict) -> dict:
     Before the agent owned its observation spec, the state keys lived only under data, and the encoder could resize
     images itself (resize_shape), which is now done only when the dataset reads them (data.image_resize_shape).
     Before `derivative_precision`, the iMF derivative passes ran in the step's precision: fp32 unless the run set
-    train.bf16_autocast, so fp32 is taken. Before `camera_dropout`, every camera was always seen: 0.
+    train.bf16_autocast, so fp32 is taken. Before `camera_dropout`, every camera was always seen: 0. Before
+    `noise_scale`, every plan started from unit noise: 1.
     """
     config = copy.deepcopy(config)
     agent = config["agent"]
     agent.setdefault("state_keys", config.get("data", {}).get("state_keys", ["qpos"]))
+    agent.setdefault("noise_scale", 1.0)
     if agent.get("_target_") == "roboimi.vla.agent_imf.IMFVLAAgent":
         agent.setdefault("derivative_precision", "fp32")
     backbone = agent.get("vision_backbone", {})

@@ -26,13 +26,18 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 from benchmarks.common import trained_agent_batches  # noqa: E402
 
 
+@torch.inference_mode()
 def plan_errors(agent, batch: dict, draws: int) -> dict:
-    """The four numbers above for one batch of B samples."""
+    """The four numbers above for one batch of B samples; the observations are encoded once for all plans."""
     window = slice(agent.obs_horizon - 1, agent.obs_horizon - 1 + agent.num_action_steps)
     demo = batch["action"][:, window].float()  # (B, num_action_steps, A)
-    plans = torch.stack([agent.predict_action(batch)[:, window] for _ in range(draws)])  # (draws, B, steps, A)
-    zero = torch.zeros(demo.shape[0], agent.pred_horizon, agent.action_dim)
-    zero_plan = agent.predict_action(batch, noise=zero)[:, window]
+    cond = agent.encode_observation(batch["images"], batch["qpos"])  # (B, obs_horizon, cond_dim)
+
+    def plan(noise=None):  # (B, num_action_steps, A) in raw action units
+        return agent.unnormalize_action(agent.sample_actions(cond, noise=noise))[:, window]
+
+    plans = torch.stack([plan() for _ in range(draws)])  # (draws, B, num_action_steps, A)
+    zero_plan = plan(torch.zeros(demo.shape[0], agent.pred_horizon, agent.action_dim))
     return {
         "spread": plans.std(0).mean().item(),
         "|draw - demo|": (plans - demo).abs().mean().item(),

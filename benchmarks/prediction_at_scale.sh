@@ -49,8 +49,8 @@ echo "== record $EPISODES camera-less sim_transfer demos in $DATA_DIR"
     dataset_dir="$DATA_DIR" camera_names=[] seed=0 num_workers=2
 train u velocity & u_pid=$!
 train x data & x_pid=$!
-wait $u_pid || { echo "prediction=u training failed; see $OUT/imf_u.log"; exit 1; }
-wait $x_pid || { echo "prediction=x training failed; see $OUT/imf_x.log"; exit 1; }
+wait $u_pid || { echo "prediction=u training stopped or failed (see $OUT/imf_u.log); re-run this script to continue"; exit 1; }
+wait $x_pid || { echo "prediction=x training stopped or failed (see $OUT/imf_x.log); re-run this script to continue"; exit 1; }
 evaluate u
 evaluate x
 "$PYTHON" benchmarks/summarize_results.py --train "IMF u, velocity loss" "$OUT/imf_u" --train "IMF x, data loss" "$OUT/imf_x" \

@@ -139,8 +139,11 @@ class EvalVLAArtifactsTest(unittest.TestCase):
             r"agent.noise_scale "
             r"and eval.<key> for <key> in: task, num_episodes"
         )
-        with self.assertRaisesRegex(SystemExit, r"unknown keys: \['train.lr'\]\. .*" + allowed):
+        with self.assertRaisesRegex(SystemExit, r"unknown keys: \['train.lr'\]\. .*" + allowed) as rejected:
             eval_vla.main([f"ckpt_path={self.ckpt}", "train.lr=1"])
+        usage = str(rejected.exception).splitlines()[-1]
+        for key in ("agent.inference_steps", "agent.num_action_steps", "agent.temporal_ensemble_coeff", "agent.noise_scale"):
+            self.assertIn(f"[{key}=...]", usage)  # the usage line names every key the root config lets a user set
         with self.assertRaisesRegex(SystemExit, r"unknown keys: \['eval.num_episode'\]"):  # a typo of an eval key
             eval_vla.main([f"ckpt_path={self.ckpt}", "eval.num_episode=2"])
 

@@ -38,9 +38,8 @@ CONFIG_NAME = "eval_vla"
 AGENT_KEYS = tuple(f"agent.{key}" for key in OmegaConf.load(CONFIG_DIR / f"{CONFIG_NAME}.yaml").agent)
 USAGE = (
     "usage: eval_vla.py ckpt_path=<file.pt> [eval.num_episodes=N] [eval.output_dir=DIR] [eval.<key>=...] "
-    "[agent.inference_steps=N] [agent.num_action_steps=N] [agent.temporal_ensemble_coeff=C] [agent.noise_scale=S] "
-    "[device=auto|cpu|cuda] "
-    "(eval_vla.py --help lists the eval keys)"
+    + "".join(f"[{key}=...] " for key in AGENT_KEYS)
+    + "[device=auto|cpu|cuda] (eval_vla.py --help lists the eval keys)"
 )
 
 

@@ -45,7 +45,7 @@ class ShippedPoliciesTest(unittest.TestCase):
     @pytest.mark.slow
     def test_the_one_step_pixel_policies_solve_their_tasks(self):
         """Each one-step pixel policy on 20 held-out seeds (2000-2019), about 3 min (top), 6 min (three cameras) and
-        4 min (insertion), against a floor under its measured success there (top camera 48 / 50 on 2000-2049, three
+        2.5 min (insertion), against a floor under its measured success there (top camera 48 / 50 on 2000-2049, three
         cameras 15 / 20, insertion 9 / 20)."""
         for name, floor in (
             ("sim_transfer_top_imf.pt", 0.85),

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 import unittest
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from roboimi.vla.trainer import Trainer
 from roboimi.vla.checkpoint import load_checkpoint
 from roboimi.vla.distributed import AgentLoss, parameter_fingerprint
 from tests.synthetic_episodes import write_dataset
+from tests.test_train_vla_rollout_validation import rollout_steps
 from tests.tiny_config import compose_tiny
 
 OVERRIDES = [
@@ -43,9 +45,13 @@ def sample_determined_imf_loss(agent, batch) -> torch.Tensor:
     return ((agent._compound_velocity(u, du_dt, t, r) - (e - x)) ** 2).mean()
 
 
-def run_rank(rank: int, world_size: int, port: int, data_dir: str, out_dir: str, synchronised: bool) -> None:
+def set_rank_environment(rank: int, world_size: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
     torch.set_num_threads(1)
+
+
+def run_rank(rank: int, world_size: int, port: int, data_dir: str, out_dir: str, synchronised: bool) -> None:
+    set_rank_environment(rank, world_size, port)
     cfg = compose_tiny("resnet_imf_attnres", data_dir, [*OVERRIDES, "train.batch_size=1"])
     trainer = Trainer(cfg, Path(out_dir) / f"rank_{rank}")
     trainer.agent.compute_loss = lambda batch: sample_determined_imf_loss(trainer.agent, batch)
@@ -55,6 +61,14 @@ def run_rank(rank: int, world_size: int, port: int, data_dir: str, out_dir: str,
     trainer.fit()
     fingerprint = parameter_fingerprint(trainer.trainable_params)
     (Path(out_dir) / f"fingerprint_{rank}.json").write_text(json.dumps(fingerprint))
+
+
+def run_rank_with_rollouts(rank: int, world_size: int, port: int, data_dir: str, out_dir: str) -> None:
+    """Rollout validation after each of two epochs (2 x 6 frames at batch 1 per rank: 6 steps an epoch)."""
+    set_rank_environment(rank, world_size, port)
+    rollouts = ["data.task=sim_transfer", "eval.max_timesteps=3", "train.rollout_num_episodes=1", "train.rollout_val_freq_epochs=1"]
+    cfg = compose_tiny("resnet_imf_attnres", data_dir, [*OVERRIDES, *rollouts, "train.batch_size=1", "train.max_steps=12", "train.save_freq=100"])
+    Trainer(cfg, Path(out_dir) / f"rank_{rank}").fit()
 
 
 def free_port() -> int:
@@ -103,6 +117,23 @@ class DistributedTrainingTest(unittest.TestCase):
         self.assertEqual(len(ddp_losses), 3)
         for step, (a, b) in enumerate(zip(ddp_losses, single_losses), start=1):
             self.assertAlmostEqual(a, b, delta=1e-5 * abs(b), msg=f"step {step}")
+
+    def test_rollout_validation_under_ddp_saves_the_best_weights_on_every_rank_together(self):
+        # Saving is collective: a rank-0-only save of best_rollout.pt would leave the ranks waiting on each other.
+        out_dir = Path(self.tmp.name) / "rollouts"
+        context = mp.start_processes(
+            run_rank_with_rollouts, args=(2, free_port(), self.data_dir, str(out_dir)), nprocs=2, join=False
+        )
+        deadline = time.monotonic() + 240
+        while not context.join(timeout=5):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.kill()
+                self.fail("the two ranks did not finish within 240 s: a collective call that only one rank makes")
+        run_dir = out_dir / "rank_0"
+        self.assertEqual(rollout_steps(run_dir), [6, 12])
+        self.assertTrue((run_dir / "checkpoints" / "best_rollout.pt").is_file())
+        self.assertFalse((out_dir / "rank_1" / "rollouts").exists(), "rank 1 ran rollouts")
 
     def test_the_sync_check_catches_unsynchronised_gradients(self):
         with self.assertRaises(mp.ProcessRaisedException) as caught:

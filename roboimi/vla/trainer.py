@@ -236,7 +236,7 @@ class Trainer:
         self.batches_done_in_epoch = 0
         self.best_success_rate = -1.0
         self.last_rollout_step = None
-        self.last_success_rate = None  # of this process's latest rollout validation
+        self.last_success_rate = None  # of the latest rollout validation
         self.config_dict = OmegaConf.to_container(cfg, resolve=True)
         if resume_paths:
             self.resume_from(resume_paths)
@@ -404,16 +404,23 @@ class Trainer:
         return self.dist.mean(torch.stack(losses).mean()).item()
 
     def rollout_validation(self) -> None:
-        """Collective: rank 0 runs the episodes while the other ranks wait."""
-        if self.dist.is_main:
-            self._run_rollouts()
+        """Collective: rank 0 runs the episodes while the other ranks wait; then every rank takes rank 0's success
+        rate, so all of them join the (collective) save of best_rollout.pt when it is a new best."""
+        success_rate = self._run_rollouts() if self.dist.is_main else None
+        success_rate = self.dist.from_main(success_rate)
         self.last_rollout_step = self.global_step
-        self.dist.barrier()
+        if success_rate is None:
+            return
+        self.last_success_rate = success_rate
+        if success_rate > self.best_success_rate:
+            self.best_success_rate = success_rate
+            self.save("best_rollout.pt")
 
-    def _run_rollouts(self) -> None:
+    def _run_rollouts(self) -> float | None:
+        """The validation episodes' success rate (None without a task to roll out)."""
         if self.cfg.data.task is None:
             warnings.warn("data.task is null: rollout validation skipped (set data.task to a built-in task).")
-            return
+            return None
         output_dir = self.run_dir / "rollouts" / f"step_{self.global_step}"
         summary = evaluate_agent(
             self.policy,
@@ -424,11 +431,8 @@ class Trainer:
             progress=False,
         )
         self.logger.log_rollout_summary("rollout", summary, self.global_step)
-        self.last_success_rate = summary["success_rate"]
-        if summary["success_rate"] > self.best_success_rate:
-            self.best_success_rate = summary["success_rate"]
-            self.save("best_rollout.pt")
         print(f"step {self.global_step}: rollout success rate {summary['success_rate']:.2f} -> {output_dir}")
+        return summary["success_rate"]
 
     # ---- the loop ----------------------------------------------------------------------------
     def describe(self) -> str:

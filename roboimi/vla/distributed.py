@@ -40,14 +40,6 @@ class DistributedContext:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         return value / self.world_size
 
-    def from_main(self, obj):
-        """Rank 0's `obj` on every rank (collective; a picklable object)."""
-        if not self.enabled:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
     def gather_objects(self, obj) -> list:
         if not self.enabled:
             return [obj]

@@ -407,7 +407,7 @@ class Trainer:
         """Collective: rank 0 runs the episodes while the other ranks wait; then every rank takes rank 0's success
         rate, so all of them join the (collective) save of best_rollout.pt when it is a new best."""
         success_rate = self._run_rollouts() if self.dist.is_main else None
-        success_rate = self.dist.from_main(success_rate)
+        success_rate = self.dist.gather_objects(success_rate)[0]  # rank 0's, on every rank
         self.last_rollout_step = self.global_step
         if success_rate is None:
             return

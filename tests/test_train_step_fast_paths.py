@@ -12,7 +12,7 @@ from roboimi.vla.trainer import Trainer
 from tests.tiny_config import TinyDatasetTestCase, compose_tiny
 
 AGENTS = ("resnet_imf_attnres", "resnet_transformer")
-SMALL_TRUNK = ["agent.vision_backbone.vision_backbone=small_cnn", "agent.vision_backbone.use_group_norm=true"]
+GROUP_NORM = ["agent.vision_backbone.use_group_norm=true"]
 # Tensor methods that copy a value to the host, which on CUDA waits for every queued kernel.
 READ_BACKS = ("item", "tolist", "cpu", "numpy", "nonzero", "__bool__", "__int__", "__float__", "__index__")
 
@@ -85,7 +85,7 @@ class TrainStepTest(TinyDatasetTestCase):
     def test_a_bf16_step_gives_the_loss_and_gradients_of_the_fp32_step(self):
         for agent in AGENTS:
             with self.subTest(agent=agent):
-                trainer = self.trainer(agent, f"bf16_{agent}", SMALL_TRUNK)
+                trainer = self.trainer(agent, f"bf16_{agent}", GROUP_NORM)
                 batch = next(iter(trainer.train_loader))
                 results = {}
                 for precision in ("fp32", "bf16"):
@@ -113,7 +113,7 @@ class TrainStepTest(TinyDatasetTestCase):
 
         real_compile = torch.compile
         with mock.patch.object(torch, "compile", lambda module: real_compile(module, backend=broken_backend)):
-            trainer = self.trainer("resnet_imf_attnres", "broken_compile", ["train.compile=true", *SMALL_TRUNK])
+            trainer = self.trainer("resnet_imf_attnres", "broken_compile", ["train.compile=true", *GROUP_NORM])
         self.assertTrue(trainer.agent.compiled_training_passes)
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
@@ -131,7 +131,7 @@ class TrainStepTest(TinyDatasetTestCase):
             with self.subTest(agent=agent):
                 losses = {}
                 for compiled in (False, True):
-                    trainer = self.trainer(agent, f"compile_{agent}_{compiled}", [f"train.compile={str(compiled).lower()}", *SMALL_TRUNK])
+                    trainer = self.trainer(agent, f"compile_{agent}_{compiled}", [f"train.compile={str(compiled).lower()}", *GROUP_NORM])
                     torch.manual_seed(0)
                     losses[compiled] = [trainer.train_step(batch)[0].item() for batch, _ in zip(trainer.train_loader, range(3))]
                     self.assertEqual(trainer.agent.compiled_training_passes, compiled)

@@ -17,6 +17,7 @@ def train_recipe(overrides: list[str], run_dir) -> Trainer:
 
 def rollout_success(trainer: Trainer, num_episodes: int, seed: int) -> float:
     """Success rate of the trainer's rollout policy (EMA weights) over seeds seed .. seed + num_episodes - 1."""
-    trainer.cfg.eval.seed = seed
-    summary = evaluate_agent(trainer.policy, trainer.cfg, num_episodes=num_episodes, output_dir=None, record_video=False, progress=False)
+    summary = evaluate_agent(
+        trainer.policy, trainer.cfg, num_episodes=num_episodes, seed=seed, output_dir=None, record_video=False, progress=False
+    )
     return summary["success_rate"]

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from roboimi.demos.vla_scripts import eval_vla
+from roboimi.vla.checkpoint import load_checkpoint, save_checkpoint
 from roboimi.vla.run_dir import RunDirLock
 from roboimi.vla.trainer import Trainer
 from tests.synthetic_episodes import write_dataset
@@ -93,7 +94,12 @@ class EvalVLAArtifactsTest(unittest.TestCase):
         with redirect_stdout(printed):
             summary, out = self.evaluate("swanlab", ["eval.swanlab=true", "eval.record_video=true", "eval.video_size=[64,64]"])
         report = printed.getvalue()
-        self.assertRegex(report, r"success\s+0 / 2 \(0\.0 %\) on seeds 1000-1001")
+        self.assertRegex(report, r"success\s+0 / 2 \(0 %, 95 % CI 0-66 %\) on seeds 1000-1001")
+        self.assertRegex(report, r"episodes reaching reward\s+>= 1: 0, >= 2: 0, >= 3: 0, >= 4: 0")
+        self.assertRegex(report, r"selected as\s+the weights of their step, picked by nothing")
+        self.assertNotIn("WARNING", report)
+        self.assertEqual((summary["successes"], summary["stage_counts"]), (0, [0, 0, 0, 0]))
+        self.assertAlmostEqual(summary["success_interval"][1], 0.6576, places=3)  # Wilson, 0 of 2
         self.assertIn(str(out / "summary.json"), report)
         self.assertIn(str(out / "contact_sheet.png"), report)
         swanlog = self.run_dir / "swanlog"
@@ -103,6 +109,33 @@ class EvalVLAArtifactsTest(unittest.TestCase):
         self.assertTrue(any(p.suffix == ".gif" for p in swanlog.rglob("*")), "no rollout video in the SwanLab run")
         eval_log = [json.loads(line) for line in (self.run_dir / "eval_logs.json.txt").read_text().splitlines()]
         self.assertEqual((eval_log[0]["step"], eval_log[0]["eval/success_rate"]), (2, 0.0))
+
+    def test_scoring_on_the_seeds_the_weights_were_selected_on_is_named(self):
+        checkpoint = load_checkpoint(self.ckpt)
+        picked = {**checkpoint, "selection": {"rule": "best_rollout", "seeds": [1001, 1010]}}
+        old = {key: value for key, value in checkpoint.items() if key != "selection"}  # a file from before the record
+        old["config"] = {**old["config"], "train": {**old["config"]["train"], "rollout_val_freq_epochs": 5}}
+        del old["config"]["train"]["rollout_val_seed"]  # its run validated on eval.seed (1000), 5 episodes
+        cases = [
+            (picked, [], r"1 of the scored seeds \(1001-1001\) are seeds these weights were selected on", 1),
+            (picked, ["eval.seed=2000"], None, 0),
+            (old, [], r"2 of the scored seeds \(1000-1001\) are seeds these weights may have been selected on", 2),
+        ]
+        for number, (payload, extra, warning, overlap) in enumerate(cases):
+            with self.subTest(case=number):
+                self.ckpt, trained = Path(self.tmp.name) / f"picked_{number}.pt", self.ckpt
+                save_checkpoint(self.ckpt, payload)
+                printed = io.StringIO()
+                try:
+                    with redirect_stdout(printed):
+                        summary, _ = self.evaluate(f"picked_{number}", extra)
+                finally:
+                    self.ckpt = trained
+                self.assertEqual(summary["selection_overlap"], overlap)
+                if warning is None:
+                    self.assertNotIn("WARNING", printed.getvalue())
+                else:
+                    self.assertRegex(printed.getvalue(), warning)
 
     def test_a_busy_output_dir_is_refused_and_a_rerun_leaves_nothing_of_the_earlier_one(self):
         out = Path(self.tmp.name) / "shared"

@@ -78,7 +78,8 @@ class TrainVLATest(TinyDatasetTestCase):
             trainer.close()
         head_params = sum(p.numel() for p in trainer.agent.noise_pred_net.parameters()) / 1e6
         for part in (
-            f"Training IMFVLAAgent in {self.run_dir('banner')} (pid {os.getpid()}, cpu",
+            f"Training IMFVLAAgent (no experiment, training seed 42) in {self.run_dir('banner')} (pid {os.getpid()}, cpu",
+            "1 torch thread(s)",
             "from scratch to step 4",
             f"2 training episodes, {len(trainer.bundle.train)} samples",
             f"head {head_params:.2f} M",

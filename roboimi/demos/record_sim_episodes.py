@@ -2,10 +2,13 @@
 
     python roboimi/demos/record_sim_episodes.py task=sim_transfer num_episodes=50 \
         dataset_dir=data/sim_transfer image_size=[96,96] seed=0
+    python roboimi/demos/record_sim_episodes.py experiment=top_transfer_imf num_workers=2   # an experiment's demos
 
 A Hydra program like train_vla.py: the settings live in roboimi/vla/conf/record/default.yaml, selected by the root
 config roboimi/vla/conf/record_sim_episodes.yaml, and sit at the top level, so `key=value` sets them; `--help` lists
 them, `--cfg job` prints what a command line composes. Nothing but the episodes is written (no outputs/ dir).
+`experiment=<name>` sets task, num_episodes, dataset_dir, camera_names and image_size to what that training
+experiment (conf/experiment/<name>.yaml) trains on; settings given beside it win.
 
 Episode i is attempted with seed `seed + i`; a failed attempt moves on to the next seed, so the episodes
 written carry consecutive successful seeds (stored in each file's attrs). Re-running the same command
@@ -37,6 +40,7 @@ from gym_aloha.constants import FPS  # noqa: E402
 from roboimi.atomic_file import remove_stale_temp_files  # noqa: E402
 from roboimi.vla import CONFIG_DIR  # noqa: E402
 from roboimi.vla.data.episode_files import COMPRESSIONS, EPISODE_PATTERN, write_episode_file  # noqa: E402
+from roboimi.vla.experiments import recording_settings  # noqa: E402
 from roboimi.worker_process import die_with_parent  # noqa: E402
 
 CONFIG_NAME = "record_sim_episodes"
@@ -222,6 +226,26 @@ def record_episodes(
     }
 
 
+def expand_experiment(overrides: Sequence[str]) -> list[str]:
+    """`overrides` with an `experiment=<name>` replaced by the settings that record that experiment's demonstrations
+    (recording_settings), each unless the command line sets it too. SystemExit naming the experiments for an unknown
+    name."""
+    experiments = [o for o in overrides if o.startswith("experiment=")]
+    if not experiments:
+        return list(overrides)
+    try:
+        settings = recording_settings(experiments[-1].split("=", 1)[1])
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    given = {o.split("=", 1)[0] for o in overrides}
+
+    def value(v) -> str:
+        return "[" + ",".join(map(str, v)) + "]" if isinstance(v, list) else str(v)
+
+    implied = [f"{key}={value(v)}" for key, v in settings.items() if key not in given]
+    return implied + [o for o in overrides if not o.startswith("experiment=")]
+
+
 def check_overrides(overrides: Sequence[str]) -> None:
     """SystemExit naming the valid keys when an override sets anything but a setting or the `record` preset.
 
@@ -243,9 +267,10 @@ def check_overrides(overrides: Sequence[str]) -> None:
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The config the command line `record_sim_episodes.py *overrides` composes; Hydra's global state is left as found."""
+    overrides = expand_experiment(overrides)
     check_overrides(overrides)
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(CONFIG_NAME, overrides=list(overrides))
+        return compose(CONFIG_NAME, overrides=overrides)
 
 
 def recorder_settings(cfg: DictConfig) -> dict:
@@ -279,7 +304,11 @@ def hydra_main(cfg: DictConfig) -> None:
 def cli() -> None:
     """Console-script entry point (roboimi-record): Hydra's command line, with unknown keys named first."""
     # The parser hydra.main itself uses, so flag values (`--cfg job`) are not taken for overrides.
-    check_overrides(get_args_parser().parse_args().overrides)
+    overrides = get_args_parser().parse_args().overrides
+    expanded = expand_experiment(overrides)
+    check_overrides(expanded)
+    if expanded != overrides:  # hydra.main reads the command line itself
+        sys.argv[1:] = [*(arg for arg in sys.argv[1:] if arg not in overrides), *expanded]
     hydra_main()
 
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from roboimi.envs import media
 from roboimi.envs.registry import make_env
 from roboimi.envs.sim_env import InvalidActionError, SimulationDivergedError, check_action
+from roboimi.vla.success_stats import wilson_interval
 from roboimi.worker_process import die_with_parent
 
 TIMING_KEYS = ("obs_read_ms", "preprocess_ms", "inference_ms", "env_step_ms", "loop_total_ms")
@@ -157,6 +158,7 @@ class _EpisodeRunner:
             "timings": record["timings"],
             "artifacts": artifacts,
             "max_timesteps": self.max_timesteps,
+            "task_max_reward": self.env.max_reward,
         }
 
     def _full_video(self, i: int) -> bool:
@@ -270,8 +272,9 @@ def evaluate_policy(
 
     With `num_workers` > 1 the episodes run in that many processes, each with its own env and a copy of the
     policy; each episode seeds torch with its env seed, so the results equal a sequential run's.
-    Returns the summary: success_rate, mean_return, mean_max_reward, num_episodes, mean_inference_ms, the
-    per-step timing means (ms) and per-episode entries; with `output_dir`, also the artifact paths
+    Returns the summary: successes, success_rate with its 95 % Wilson interval, stage_counts (episodes reaching
+    each reward level), mean_return, mean_max_reward, num_episodes, mean_inference_ms, the per-step timing means (ms)
+    and per-episode entries (seed, outcome, ...); with `output_dir`, also the artifact paths
     (summary.json, trajectory_<i>.npz/.png, and with `record_video` episode_<i>.gif/.mp4 for the first
     `video_episodes` episodes (None: all) plus contact_sheet.png with a frame strip of every episode).
     Videos and trajectory images are rendered at `video_size` (H, W) for people; the policy's cameras keep theirs.
@@ -321,13 +324,19 @@ def evaluate_policy(
             policy.train(was_training)
         policy.reset()
 
+    successes = sum(e["success"] for e in episodes)
+    stages = range(1, int(record["task_max_reward"]) + 1)
     summary = {
         "task": task,
         "num_episodes": num_episodes,
         "seed": seed,
         "max_timesteps": record["max_timesteps"],
         "num_workers": num_workers,
-        "success_rate": _mean([e["success"] for e in episodes]),
+        "successes": successes,
+        "success_rate": successes / num_episodes,
+        "success_interval": list(wilson_interval(successes, num_episodes)),  # 95 %
+        # stage_counts[s - 1]: episodes whose reward reached s (the task's stages: touch, lift, ...)
+        "stage_counts": [sum(e["max_reward"] >= stage for e in episodes) for stage in stages],
         "mean_return": _mean([e["return"] for e in episodes]),
         "mean_max_reward": _mean([e["max_reward"] for e in episodes]),
         "mean_inference_ms": _mean(timings["inference_ms"]),

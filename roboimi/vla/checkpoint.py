@@ -45,7 +45,26 @@ def policy_export(checkpoint: dict) -> dict:
     step; no optimizer state, so a fraction of the size."""
     weights = "ema" if "ema" in checkpoint else "raw"
     state = checkpoint["ema"] if weights == "ema" else checkpoint["agent"]
-    return {"agent": state, "weights": weights, "config": checkpoint["config"], "global_step": checkpoint["global_step"]}
+    export = {"agent": state, "weights": weights, "config": checkpoint["config"], "global_step": checkpoint["global_step"]}
+    if "selection" in checkpoint:
+        export["selection"] = checkpoint["selection"]
+    return export
+
+
+def weight_selection(checkpoint: dict) -> dict:
+    """How a checkpoint's weights were chosen: {"rule": "as_trained"} (the weights of their step, picked by nothing)
+    or {"rule": "best_rollout", "seeds": [first, last]} (the best rollout validation, on those episode seeds).
+
+    A file written before checkpoints recorded this gets {"rule": "unknown"}, with the seeds its run validated on
+    when it validated any (before train.rollout_val_seed, the eval.seed range): it may have been picked on them.
+    """
+    if "selection" in checkpoint:
+        return checkpoint["selection"]
+    train = checkpoint["config"].get("train", {})
+    if not (train.get("rollout_val_freq_epochs") or train.get("rollout_validate_on_checkpoint")):
+        return {"rule": "unknown"}
+    first = train.get("rollout_val_seed", checkpoint["config"].get("eval", {}).get("seed", 1000))
+    return {"rule": "unknown", "seeds": [first, first + train.get("rollout_num_episodes", 5) - 1]}
 
 
 def save_checkpoint(path, payload: dict) -> Path:

@@ -49,9 +49,10 @@ class AgentPolicy:
 
 
 def evaluate_agent(
-    agent: nn.Module, cfg, *, num_episodes: int, output_dir, record_video: bool, progress: bool = True
+    agent: nn.Module, cfg, *, num_episodes: int, seed: int, output_dir, record_video: bool, progress: bool = True
 ) -> dict:
-    """Run `num_episodes` seeded episodes of `cfg.eval.task` in `cfg.eval.num_workers` processes.
+    """Run `num_episodes` episodes of `cfg.eval.task` (episode i with seed `seed + i`) in `cfg.eval.num_workers`
+    processes.
 
     Returns the evaluator's summary dict; the evaluator restores the agent's train/eval mode and empties its queues.
     """
@@ -64,7 +65,7 @@ def evaluate_agent(
         policy,
         task=cfg.eval.task,
         num_episodes=num_episodes,
-        seed=cfg.eval.seed,
+        seed=seed,
         image_size=spec.image_shape or NO_CAMERA_RENDER_SIZE,
         camera_names=spec.camera_names,
         max_timesteps=cfg.eval.max_timesteps,

@@ -267,7 +267,14 @@ class Trainer:
         """The weights rollouts act with: the EMA copy when train.use_ema, else the trained agent itself."""
         return self.agent if self.ema is None else self.ema.module
 
-    def checkpoint_payload(self) -> dict:
+    def selection(self, best_rollout: bool = False) -> dict:
+        """How the checkpoint's weights are chosen (checkpoint.weight_selection reads it back)."""
+        if not best_rollout:
+            return {"rule": "as_trained"}
+        first = self.cfg.train.rollout_val_seed
+        return {"rule": "best_rollout", "seeds": [first, first + self.cfg.train.rollout_num_episodes - 1]}
+
+    def checkpoint_payload(self, best_rollout: bool = False) -> dict:
         ema = {} if self.ema is None else {"ema": self.ema.module.state_dict(), "ema_updates": self.ema.n_averaged}
         return {
             "agent": self.agent.state_dict(),
@@ -280,13 +287,17 @@ class Trainer:
             "world_size": self.dist.world_size,
             "best_success_rate": self.best_success_rate,
             "config": self.config_dict,
+            "selection": self.selection(best_rollout),
             "rng": self.dist.gather_objects(capture_rng_state()),
         }
 
     def export_policy(self) -> Path:
         """<run>/policy.pt: the rollout weights (EMA when kept), config and step; no optimizer. eval_vla.py takes it."""
         ema = {} if self.ema is None else {"ema": self.ema.module.state_dict()}
-        weights = {"agent": self.agent.state_dict(), **ema, "config": self.config_dict, "global_step": self.global_step}
+        weights = {
+            "agent": self.agent.state_dict(), **ema, "config": self.config_dict, "global_step": self.global_step,
+            "selection": self.selection(),
+        }
         return save_checkpoint(self.run_dir / "policy.pt", policy_export(weights))
 
     def save(self, name: str) -> Path:
@@ -294,11 +305,11 @@ class Trainer:
         checking that every step since the last check had a finite loss."""
         if not name.startswith("nonfinite"):
             self.stop_if_nonfinite()
-        payload = self.checkpoint_payload()
+        payload = self.checkpoint_payload(best_rollout=name == "best_rollout.pt")
         path = self.ckpt_dir / name
         if self.dist.is_main:
             save_checkpoint(path, payload)
-            if not name.startswith("nonfinite"):
+            if name.startswith("step_"):
                 save_checkpoint(self.ckpt_dir / "last.pt", payload)
             prune_step_checkpoints(self.ckpt_dir, self.cfg.train.keep_last)
         self.dist.barrier()
@@ -426,6 +437,7 @@ class Trainer:
             self.policy,
             self.cfg,
             num_episodes=self.cfg.train.rollout_num_episodes,
+            seed=self.cfg.train.rollout_val_seed,
             output_dir=output_dir,
             record_video=self.cfg.train.rollout_record_video,
             progress=False,
@@ -453,9 +465,11 @@ class Trainer:
         val = f", {len(bundle.val)} validation samples" if bundle.val is not None else ""
         tracking = f"SwanLab ({cfg.train.swanlab_mode}) experiment '{self.experiment_name}'" if cfg.train.use_swanlab else "no SwanLab"
         start = f"from step {self.global_step}" if self.global_step else "from scratch"
+        experiment = f"experiment {cfg.recipe.name}" if cfg.get("recipe", {}).get("name") else "no experiment"
         return "\n".join([
-            f"Training {type(self.agent).__name__} in {self.run_dir} (pid {os.getpid()}, {self.device}, "
-            f"{self.dist.world_size} process(es)), {start} to step {cfg.train.max_steps}",
+            f"Training {type(self.agent).__name__} ({experiment}, training seed {cfg.train.seed}) in {self.run_dir} "
+            f"(pid {os.getpid()}, {self.device}, {self.dist.world_size} process(es), {torch.get_num_threads()} torch "
+            f"thread(s)), {start} to step {cfg.train.max_steps}",
             f"  data       {cfg.data.dataset_dir}: {len(bundle.train_episodes)} training episodes, "
             f"{len(bundle.train)} samples{val}; {cameras}; state {list(spec.state_keys)} ({self.agent.obs_dim} dims)",
             f"  parameters encoder {millions(self.agent.vision_backbone)}, head {millions(self.agent.noise_pred_net)}; "

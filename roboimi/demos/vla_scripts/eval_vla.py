@@ -24,13 +24,14 @@ from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from roboimi.vla import CONFIG_DIR
-from roboimi.vla.checkpoint import build_agent_from_checkpoint, load_checkpoint
+from roboimi.vla.checkpoint import build_agent_from_checkpoint, load_checkpoint, weight_selection
 from roboimi.vla.evaluation import evaluate_agent
 from roboimi.vla.experiment_logger import ExperimentLogger
 from roboimi.vla.fast_paths import apply_eval_fast_paths
 from roboimi.vla.run_dir import RunDirLock
 from roboimi.vla.runtime import resolve_device
 from roboimi.vla.settings import GROUP_DEFAULTS, validate_eval_settings
+from roboimi.vla.success_stats import format_rate
 
 CONFIG_NAME = "eval_vla"
 # How the trained policy acts (sampling steps, executed window, temporal ensembling, initial noise): settable,
@@ -100,6 +101,7 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> dict:
     device = resolve_device(cfg.device, key="device")
     ckpt_path = Path(cfg.ckpt_path)
     checkpoint = load_checkpoint(ckpt_path)
+    selection = weight_selection(checkpoint)  # read before the stored eval settings are replaced
     checkpoint["config"] = checkpoint_config(cfg, checkpoint["config"], override_keys(overrides))
     use_ema = checkpoint["config"]["eval"]["use_ema"]
     agent, cfg, weights = build_agent_from_checkpoint(checkpoint, device, use_ema=use_ema, source=ckpt_path)
@@ -113,9 +115,14 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> dict:
     lock = RunDirLock(output_dir, holder="another evaluation", fix="Wait for it, or pass another eval.output_dir.")
     try:
         summary = evaluate_agent(
-            agent, cfg, num_episodes=cfg.eval.num_episodes, output_dir=output_dir, record_video=cfg.eval.record_video
+            agent, cfg, num_episodes=cfg.eval.num_episodes, seed=cfg.eval.seed, output_dir=output_dir,
+            record_video=cfg.eval.record_video,
         )
-        summary.update(checkpoint=str(ckpt_path), global_step=checkpoint["global_step"], weights=weights)
+        summary.update(
+            checkpoint=str(ckpt_path), global_step=checkpoint["global_step"], weights=weights,
+            experiment=cfg.get("recipe", {}).get("name"), training_seed=cfg.train.seed, selection=selection,
+            selection_overlap=len(scored_selection_seeds(summary, selection)),
+        )
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         if cfg.eval.swanlab:
             log_to_swanlab(summary, cfg, ckpt_path)
@@ -137,15 +144,35 @@ def default_output_dir(ckpt_path: Path) -> Path:
     return ckpt_path.parent / "eval" / ckpt_path.stem
 
 
+def scored_selection_seeds(summary: dict, selection: dict) -> list[int]:
+    """The scored episode seeds on which the weights were also selected (empty: the score is held out)."""
+    if "seeds" not in selection:
+        return []
+    first, last = selection["seeds"]
+    return [e["seed"] for e in summary["episodes"] if first <= e["seed"] <= last]
+
+
+def describe_selection(selection: dict) -> str:
+    if selection["rule"] == "as_trained":
+        return "the weights of their step, picked by nothing"
+    seeds = "" if "seeds" not in selection else f" on seeds {selection['seeds'][0]}-{selection['seeds'][1]}"
+    if selection["rule"] == "best_rollout":
+        return f"the best rollout validation{seeds}"
+    return f"not recorded (written before checkpoints recorded it; its run validated{seeds or ' on no rollouts'})"
+
+
 def report(summary: dict, cfg) -> str:
-    """The evaluation at a glance: success, how far the failures got, speed, and where the media are."""
+    """The evaluation at a glance: what was scored, success with its interval, how far the failures got, speed,
+    and where the media are; a warning when the scored seeds overlap those the weights were selected on."""
     episodes = summary["episodes"]
-    stages = max(int(round(max(e["max_reward"] for e in episodes))), 1)
-    reached = ", ".join(f">= {s}: {sum(e['max_reward'] >= s for e in episodes)}" for s in range(1, stages + 1))
+    reached = ", ".join(f">= {stage}: {count}" for stage, count in enumerate(summary["stage_counts"], start=1))
+    overlap = scored_selection_seeds(summary, summary["selection"])
     rows = [
+        ("experiment", f"{summary['experiment'] or 'none (composed by hand)'}, training seed {summary['training_seed']}"),
         ("checkpoint", f"{summary['checkpoint']} (step {summary['global_step']}, {summary['weights']} weights)"),
+        ("selected as", describe_selection(summary["selection"])),
         ("policy", f"{cfg.agent._target_.rsplit('.', 1)[-1]}, {cfg.agent.inference_steps} sampling step(s)"),
-        ("success", f"{sum(e['success'] for e in episodes)} / {len(episodes)} ({100 * summary['success_rate']:.1f} %) "
+        ("success", f"{format_rate(summary['successes'], len(episodes))} "
                     f"on seeds {summary['seed']}-{summary['seed'] + len(episodes) - 1}"),
         ("episodes reaching reward", reached),
         ("mean return", f"{summary['mean_return']:.1f} (mean max reward {summary['mean_max_reward']:.2f})"),
@@ -156,6 +183,13 @@ def report(summary: dict, cfg) -> str:
         rows.append(("videos", f"{len(summary['videos']) // 2} episodes, e.g. {summary['videos'][0]}"))
     if summary.get("contact_sheet"):
         rows.append(("contact sheet", summary["contact_sheet"]))
+    if overlap:
+        rows.append((
+            "WARNING",
+            f"{len(overlap)} of the scored seeds ({overlap[0]}-{overlap[-1]}) are seeds these weights "
+            f"{'were' if summary['selection']['rule'] == 'best_rollout' else 'may have been'} selected on: that part "
+            f"of the score is not held out. Score on other seeds (eval.seed=...).",
+        ))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 

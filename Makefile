@@ -4,26 +4,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# Built-in default job: record demos if missing -> train -> roll out -> report. The default is the recipe that
-# succeeds fastest on CPU: IMF-AttnRes from privileged state (joint state + object pose), camera-less demos.
-# The baseline: AGENT=state_transformer. From images: AGENT=resnet_imf_attnres DATA_CONFIG=sim_transfer
-# TRAIN=default CAMERAS=[r_vis,top,front] TRAIN_OVERRIDES="train.max_steps=2000 train.batch_size=8".
-AGENT ?= state_imf_attnres
-TASK ?= sim_transfer
-DATA_CONFIG ?= $(TASK)_state
-TRAIN ?= state
-CAMERAS ?= []
-IMAGE_SIZE ?= [96,96]
-# Insertion's millimetre fit needs 200 training demos and 4000 steps (the state preset's 2000 fit sim_transfer's
-# 15-minute budget), with rollout validation every 4 epochs of the larger dataset.
-INSERTION := $(filter sim_insertion,$(TASK))
-EPISODES ?= $(if $(INSERTION),200,50)
-DATA ?= data/$(DATA_CONFIG)_$(EPISODES)
+# Built-in default job: record demos if missing -> train -> roll out -> report, for one experiment
+# (roboimi/vla/conf/experiment/<name>.yaml). The default is the recipe that succeeds fastest on CPU: IMF-AttnRes
+# from privileged state (joint state + object pose), camera-less demos. The baseline: EXPERIMENT=state_transfer_ddim.
+EXPERIMENT ?= state_transfer_imf
 EVAL_EPISODES ?= 50
-TRAIN_OVERRIDES ?= $(if $(INSERTION),train.max_steps=4000 train.rollout_val_freq_epochs=4,)
-RUN ?= runs/demo_$(AGENT)
+RUN ?= runs/demo_$(EXPERIMENT)
+# `make sweep`: one training run per seed (Hydra multirun, the jobs side by side on one core each), then every run
+# scored on the same EVAL_EPISODES seeds and the table over the training seeds.
+SEEDS ?= 0,1,2
+SWEEP ?= runs/sweeps/$(EXPERIMENT)
 
-.PHONY: setup demo test test-slow
+.PHONY: setup demo sweep test test-slow
 
 $(STAMP): setup.py
 	$(PYTHON_BOOTSTRAP) -m venv $(VENV)
@@ -33,13 +25,18 @@ $(STAMP): setup.py
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) roboimi/demos/record_sim_episodes.py task=$(TASK) num_episodes=$(EPISODES) dataset_dir=$(DATA) \
-		camera_names=$(CAMERAS) image_size=$(IMAGE_SIZE) seed=0
-	$(PY) roboimi/demos/vla_scripts/train_vla.py agent=$(AGENT) data=$(DATA_CONFIG) train=$(TRAIN) data.dataset_dir=$(DATA) \
-		hydra.run.dir=$(RUN) train.resume=auto train.use_swanlab=true train.swanlab_mode=local $(TRAIN_OVERRIDES)
+	$(PY) roboimi/demos/record_sim_episodes.py experiment=$(EXPERIMENT) num_workers=2
+	$(PY) roboimi/demos/vla_scripts/train_vla.py experiment=$(EXPERIMENT) hydra.run.dir=$(RUN) train.resume=auto \
+		train.use_swanlab=true train.swanlab_mode=local
 	$(PY) roboimi/demos/vla_scripts/eval_vla.py ckpt_path=$(RUN)/policy.pt \
 		eval.num_episodes=$(EVAL_EPISODES) eval.output_dir=$(RUN)/eval eval.record_video=true eval.num_workers=2
 	@echo "policy: $(RUN)/policy.pt | checkpoint: $(RUN)/checkpoints/last.pt | metrics: $(RUN)/logs.json.txt | dashboard: $(PY) -m swanlab watch $(RUN)/swanlog | rollouts: $(RUN)/eval"
+
+sweep: $(STAMP)
+	$(PY) roboimi/demos/record_sim_episodes.py experiment=$(EXPERIMENT) num_workers=2
+	OMP_NUM_THREADS=1 $(PY) roboimi/demos/vla_scripts/train_vla.py -m experiment=$(EXPERIMENT) train.seed=$(SEEDS) \
+		hydra/launcher=joblib hydra.sweep.dir=$(SWEEP) train.resume=auto
+	$(PY) roboimi/demos/vla_scripts/eval_sweep.py sweep_dir=$(SWEEP) eval.num_episodes=$(EVAL_EPISODES) eval.num_workers=2
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q

@@ -13,6 +13,11 @@ setup(
         "torch==2.14.1",
         "torchvision==0.29.1",
         "hydra-core==1.3.8",
+        # Training-seed sweeps (train_vla.py -m): parallel local jobs, and the same sweep on a SLURM cluster.
+        "hydra-joblib-launcher==1.2.0",
+        "joblib==1.6.0",
+        "hydra-submitit-launcher==1.2.0",
+        "submitit==1.5.4",
         "omegaconf>=2.3,<2.4",
         "diffusers==0.42.1",
         "swanlab[dashboard]==0.10.3",
@@ -36,7 +41,7 @@ setup(
     },
     extras_require={
         "test": ["pytest"],
-        # Plots of the policy comparison (benchmarks/compare_policies.sh).
+        # Plots of training curves and scores (benchmarks/summarize_results.py).
         "bench": ["matplotlib==3.11.2"],
     },
 )

@@ -1,4 +1,4 @@
-"""Figures and a markdown table from training run dirs and eval dirs (the output of compare_policies.sh).
+"""Figures and a markdown table from training run dirs and eval dirs (train_vla.py runs and eval_vla.py output dirs).
 
 A training run dir holds logs.json.txt (one JSON object per line: step, time, train/loss, train/lr, ...); an
 eval dir holds summary.json (success_rate, mean_return, mean_max_reward, num_episodes, mean_inference_ms,

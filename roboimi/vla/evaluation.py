@@ -13,6 +13,12 @@ from roboimi.vla.fast_paths import attention_backends, precision_autocast
 NO_CAMERA_RENDER_SIZE = (96, 96)
 
 
+def policy_name(agent_cfg) -> str:
+    """IMF-<steps> or DDIM-<steps>: the agent's action generator and its sampling steps, as reports name it."""
+    family = "IMF" if agent_cfg["_target_"].endswith("IMFVLAAgent") else "DDIM"
+    return f"{family}-{agent_cfg['inference_steps']}"
+
+
 class AgentPolicy:
     """The rollout-side view of an agent: its `select_action` inside the inference fast paths.
 

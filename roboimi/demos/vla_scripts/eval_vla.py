@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from roboimi.vla import CONFIG_DIR
 from roboimi.vla.checkpoint import build_agent_from_checkpoint, load_checkpoint, weight_selection
-from roboimi.vla.evaluation import evaluate_agent
+from roboimi.vla.evaluation import evaluate_agent, policy_name
 from roboimi.vla.experiment_logger import ExperimentLogger
 from roboimi.vla.fast_paths import apply_eval_fast_paths
 from roboimi.vla.run_dir import RunDirLock
@@ -120,7 +120,8 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> dict:
         )
         summary.update(
             checkpoint=str(ckpt_path), global_step=checkpoint["global_step"], weights=weights,
-            experiment=cfg.get("recipe", {}).get("name"), training_seed=cfg.train.seed, selection=selection,
+            experiment=cfg.get("recipe", {}).get("name"), training_seed=cfg.train.seed, policy=policy_name(cfg.agent),
+            selection=selection,
             selection_overlap=len(scored_selection_seeds(summary, selection)),
         )
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -171,7 +172,7 @@ def report(summary: dict, cfg) -> str:
         ("experiment", f"{summary['experiment'] or 'none (composed by hand)'}, training seed {summary['training_seed']}"),
         ("checkpoint", f"{summary['checkpoint']} (step {summary['global_step']}, {summary['weights']} weights)"),
         ("selected as", describe_selection(summary["selection"])),
-        ("policy", f"{cfg.agent._target_.rsplit('.', 1)[-1]}, {cfg.agent.inference_steps} sampling step(s)"),
+        ("policy", f"{summary['policy']} ({cfg.agent._target_.rsplit('.', 1)[-1]}, {cfg.agent.inference_steps} sampling step(s))"),
         ("success", f"{format_rate(summary['successes'], len(episodes))} "
                     f"on seeds {summary['seed']}-{summary['seed'] + len(episodes) - 1}"),
         ("episodes reaching reward", reached),

@@ -1,7 +1,7 @@
-"""IMFTransformer1D: checkpoint layout, parameter counts, validation, forward semantics, init,
-optimizer groups, the vanilla fallback and forward-mode AD."""
+"""IMFTransformer1D: forward semantics, init, optimizer groups, the vanilla fallback and forward-mode AD. The
+checkpoint layout, parameter counts and messages shared with the external head are in
+test_imf_transformer1d_external_alignment."""
 import math
-import re
 import unittest
 
 import torch
@@ -11,143 +11,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from roboimi.vla.models.heads.attnres_transformer_components import AttnResOperator, RMSNorm
 from roboimi.vla.models.heads.imf_transformer1d import IMFTransformer1D
 from roboimi.vla.models.heads.utils import SinusoidalPosEmb
+from tests.test_imf_transformer1d_external_alignment import small_head
 
 torch.set_num_threads(1)
-
-SMALL = dict(input_dim=16, output_dim=16, horizon=16, n_obs_steps=2, cond_dim=32, n_layer=2, n_head=1, n_kv_head=1, n_emb=64)
-
-
-def small_head(**overrides) -> IMFTransformer1D:
-    return IMFTransformer1D(**{**SMALL, **overrides})
-
-
-def expected_param_count(D, L, H, K, C, A, O, F):
-    """The attnres_full parameter-count formula (cond_dim > 0)."""
-    kv_width = D * K // H
-    per_block = 2 * D + 2 * D * D + 2 * D * kv_width + 2 * D + 3 * D * F
-    return (A * D + D) + (C * D + D) + (D * D + D) + L * per_block + D + (D * O + O)
-
-
-def count(module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _attn_keys(i):
-    return [(f'attnres_backbone.layers.{i}.norm.weight', (64,)), (f'attnres_backbone.layers.{i}.attn_res.pseudo_query', (64,))] + [
-        (f'attnres_backbone.layers.{i}.fn.{w}.weight', (64, 64)) for w in ('w_q', 'w_k', 'w_v', 'w_o')]
-
-
-def _ffn_keys(i):
-    return [(f'attnres_backbone.layers.{i}.norm.weight', (64,)), (f'attnres_backbone.layers.{i}.attn_res.pseudo_query', (64,)),
-            (f'attnres_backbone.layers.{i}.fn.w_gate.weight', (176, 64)), (f'attnres_backbone.layers.{i}.fn.w_up.weight', (176, 64)),
-            (f'attnres_backbone.layers.{i}.fn.w_down.weight', (64, 176))]
-
-
-SMALL_LAYOUT = (
-    [('_dummy_variable', (0,)), ('input_emb.weight', (64, 16)), ('input_emb.bias', (64,)), ('cond_obs_emb.weight', (64, 32)),
-     ('cond_obs_emb.bias', (64,)), ('time_token_proj.weight', (64, 64)), ('time_token_proj.bias', (64,))]
-    + _attn_keys(0) + _ffn_keys(1) + _attn_keys(2) + _ffn_keys(3)
-    + [('ln_f.weight', (64,)), ('head.weight', (16, 64)), ('head.bias', (16,))]
-)
-
-
-class LayoutTest(unittest.TestCase):
-    def test_small_config_state_dict_keys_order_and_shapes(self):
-        head = small_head()
-        self.assertEqual(len(SMALL_LAYOUT), 32)
-        self.assertEqual([(k, tuple(v.shape)) for k, v in head.state_dict().items()], SMALL_LAYOUT)
-        self.assertEqual([k for k, _ in head.named_parameters()], [k for k, _ in SMALL_LAYOUT])
-
-    def test_rope_table_is_the_only_buffer_and_not_saved(self):
-        head = small_head(causal_attn=True)
-        buffers = dict(head.named_buffers())
-        self.assertEqual(list(buffers), ['attnres_backbone.rope_freqs'])
-        self.assertEqual(buffers['attnres_backbone.rope_freqs'].dtype, torch.complex64)
-        self.assertEqual(tuple(buffers['attnres_backbone.rope_freqs'].shape), (20, 32))  # 16 + 2 + 2 tokens
-        self.assertNotIn('attnres_backbone.rope_freqs', head.state_dict())
-        self.assertIsNone(head.mask)
-        self.assertIsNone(head.memory_mask)
-
-    def test_plain_attributes(self):
-        head = small_head(obs_as_cond=False)
-        self.assertEqual((head.T, head.T_cond, head.horizon), (16, 4, 16))
-        self.assertTrue(head.obs_as_cond)  # derived from cond_dim > 0, the argument is ignored
-        self.assertTrue(head.time_as_cond)
-        self.assertFalse(head.encoder_only)
-        self.assertEqual(head.backbone_type, 'attnres_full')
-        self.assertIsNone(head.pos_emb)
-        self.assertIsNone(head.cond_pos_emb)
-
-    def test_grouped_kv_projections(self):
-        head = small_head(n_head=4, n_kv_head=2)
-        self.assertEqual(tuple(head.attnres_backbone.layers[0].fn.w_k.weight.shape), (32, 64))
-        self.assertEqual(tuple(head.attnres_backbone.layers[0].fn.w_v.weight.shape), (32, 64))
-
-
-class ParameterCountTest(unittest.TestCase):
-    def test_formula_matches_instantiated_small_heads(self):
-        for D, L, H, K, C, A, O in [(64, 2, 1, 1, 32, 16, 16), (32, 3, 4, 2, 10, 7, 5), (48, 1, 4, 1, 3, 2, 9)]:
-            with self.subTest(D=D, L=L, H=H, K=K):
-                head = IMFTransformer1D(A, O, horizon=8, n_obs_steps=2, cond_dim=C, n_layer=L, n_head=H, n_kv_head=K, n_emb=D)
-                F = head.attnres_backbone.layers[1].fn.d_ff
-                self.assertEqual(count(head), expected_param_count(D, L, H, K, C, A, O, F))
-
-    def test_small_config_has_109328_parameters(self):
-        self.assertEqual(count(small_head()), 109_328)
-        self.assertEqual(expected_param_count(64, 2, 1, 1, 32, 16, 16, 176), 109_328)
-
-    def test_reference_run_head_has_32119312_parameters(self):
-        head = IMFTransformer1D(16, 16, 16, n_obs_steps=2, cond_dim=208, n_layer=18, n_head=1, n_kv_head=1, n_emb=384)
-        self.assertEqual(count(head), 32_119_312)
-
-    def test_count_table(self):
-        table = [  # D, L, H, K, C, A = O, d_ff, params
-            (384, 18, 1, 1, 206, 14, 1024, 32_117_006),
-            (256, 12, 8, 8, 208, 16, 688, 9_626_640),
-            (768, 12, 8, 8, 72, 7, 2048, 85_630_471),
-            (768, 16, 8, 8, 960, 7, 2048, 114_636_295),
-        ]
-        for D, L, H, K, C, A, F, params in table:
-            with self.subTest(D=D, L=L, C=C):
-                self.assertEqual(expected_param_count(D, L, H, K, C, A, A, F), params)
-                with torch.device('meta'):  # shapes only, no memory
-                    head = IMFTransformer1D(A, A, 16, n_obs_steps=2, cond_dim=C, n_layer=L, n_head=H, n_kv_head=K, n_emb=D)
-                self.assertEqual(count(head), params)
-
-
-class ValidationTest(unittest.TestCase):
-    def test_constructor_messages_verbatim(self):
-        cases = [
-            (dict(n_head=0), 'n_head must be >= 1, got 0.'),
-            (dict(n_kv_head=0), 'n_kv_head must be >= 1, got 0.'),
-            (dict(n_emb=64, n_head=3, n_kv_head=1), 'n_emb=64 must be divisible by n_head=3.'),
-            (dict(n_head=4, n_kv_head=3), 'n_head=4 must be divisible by n_kv_head=3.'),
-            (dict(n_emb=60, n_head=4, n_kv_head=4),
-             'attnres_full uses RoPE, which requires an even per-head dimension. Got n_emb=60, n_head=4, head_dim=15.'),
-            (dict(cond_dim=0, time_as_cond=False), 'attnres_full backbone requires time_as_cond=True.'),
-            (dict(n_cond_layers=1), 'attnres_full backbone does not support n_cond_layers > 0.'),
-        ]
-        for overrides, message in cases:
-            with self.subTest(message=message):
-                with self.assertRaisesRegex(ValueError, '^' + re.escape(message) + '$'):
-                    small_head(**overrides)
-
-    def test_default_n_kv_head_is_8(self):
-        with self.assertRaisesRegex(ValueError, r'^n_head=1 must be divisible by n_kv_head=8\.$'):
-            IMFTransformer1D(4, 4, 8, cond_dim=4, n_layer=1, n_head=1, n_emb=16)
-
-    def test_vanilla_ignores_rope_constraints(self):
-        head = small_head(n_emb=60, n_head=4, n_kv_head=4, backbone_type='vanilla', n_cond_layers=1)
-        self.assertEqual(head(torch.randn(2, 16, 16), 0.0, 1.0, torch.randn(2, 2, 32)).shape, (2, 16, 16))
-
-    def test_missing_cond_message_verbatim(self):
-        with self.assertRaisesRegex(ValueError, r'^cond is required when obs_as_cond=True for attnres_full backbone\.$'):
-            small_head()(torch.randn(2, 16, 16), 0.0, 1.0)
-
-    def test_two_dimensional_time_is_rejected(self):
-        with self.assertRaisesRegex(ValueError, 'scalar, a \\(1,\\) or a \\(B,\\) tensor'):
-            small_head()(torch.randn(2, 16, 16), torch.zeros(2, 1), 1.0, torch.randn(2, 2, 32))
-
 
 class ForwardTest(unittest.TestCase):
     def setUp(self):

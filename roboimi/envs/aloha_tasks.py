@@ -19,11 +19,11 @@ from gym_aloha.tasks.sim import InsertionTask, TransferCubeTask
 from gym_aloha.tasks.sim_end_effector import InsertionEndEffectorTask, TransferCubeEndEffectorTask
 from gym_aloha.utils import sample_box_pose, sample_insertion_pose
 
-NUM_ROBOT_QPOS = 16
+NUM_ROBOT_QPOS = 16  # 2 arms x (6 joints + 2 fingers); object poses follow in qpos
 # solimp (dmin, dmax, width) of the mocap welds. The models' own ".25 .25 .001" leaves the grippers lagging
 # several centimetres behind their mocap targets in MuJoCo 3 (the cube is missed); a stiff weld makes the
 # gripper links follow the waypoints closely.
-STIFF_WELD_SOLIMP = (0.9, 0.95, 0.001)  # 2 arms x (6 joints + 2 fingers); object poses follow in qpos
+STIFF_WELD_SOLIMP = (0.9, 0.95, 0.001)
 
 
 class _PosedTask:

@@ -173,7 +173,7 @@ class VLAAgent(nn.Module):
         if not self._stats_checked:
             if any(torch.isnan(getattr(self, key)).any() for key in NORMALIZATION_KEYS):
                 raise RuntimeError(
-                    f"The normalization stats are not set. Call agent.set_normalization_stats(stats) with the "
+                    "The normalization stats are not set. Call agent.set_normalization_stats(stats) with the "
                     "dataset's stats, or load a checkpoint (its state dict holds them)."
                 )
             self._stats_checked = True

@@ -1,4 +1,5 @@
-"""Transformer1D: the DDPM noise-prediction head of the baseline policy.
+"""Transformer1D: the DDPM denoising head of the baseline policy (it predicts the noise or the clean sample, as the
+agent's prediction_type says).
 
 diffusion_policy's TransformerForDiffusion: the condition sequence [time token, obs_1 … obs_To] goes
 through a small encoder (an MLP by default) and becomes the memory of a transformer decoder over the
@@ -98,7 +99,7 @@ class Transformer1D(ModuleAttrMixin):
 
     def forward(self, sample: torch.Tensor, timestep, cond: torch.Tensor | None = None) -> torch.Tensor:
         """sample (B, horizon, input_dim), timestep = DDPM step k (number, (1,) or (B,)),
-        cond (B, n_obs_steps, cond_dim) -> predicted noise (B, horizon, output_dim)."""
+        cond (B, n_obs_steps, cond_dim) -> predicted noise or sample (B, horizon, output_dim)."""
         timesteps = expand_time_to_batch(timestep, sample.shape[0], sample.device)
         time_token = self.time_emb(timesteps).unsqueeze(1)  # (B, 1, D)
         obs_tokens = None

@@ -70,9 +70,9 @@ class SweepTest(TinyDatasetTestCase):
 
 
 class AggregateTest(unittest.TestCase):
-    def evaluation(self, experiment, policy, seed, outcomes):
+    def evaluation(self, experiment, policy, seed, outcomes, dataset="data/x"):
         return {"experiment": experiment, "policy": policy, "training_seed": seed, "outcomes": outcomes,
-                "seeds": list(range(1000, 1000 + len(outcomes)))}
+                "seeds": list(range(1000, 1000 + len(outcomes))), "dataset": dataset}
 
     def test_rows_per_experiment_and_the_paired_difference_over_seeds(self):
         evaluations = [
@@ -91,6 +91,8 @@ class AggregateTest(unittest.TestCase):
         self.assertEqual((pair["a"], pair["b"]), (["x_ddim", "DDIM-10"], ["x_imf", "IMF-1"]))
         self.assertEqual((pair["a_only"], pair["b_only"], pair["n"]), (1, 4, 8))
         self.assertAlmostEqual(pair["difference"], -3 / 8)
+        other_task = [self.evaluation("y_imf", "IMF-1", seed, [True] * 4, dataset="data/y") for seed in (0, 1)]
+        self.assertEqual(len(paired_comparisons(evaluations + other_task)), 1)  # runs on other demos are not paired
 
     def test_runs_of_one_group_on_different_seeds_are_refused(self):
         evaluations = [self.evaluation("x_imf", "IMF-1", 0, [True]), self.evaluation("x_imf", "IMF-1", 1, [True, False])]

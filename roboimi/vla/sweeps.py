@@ -10,6 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
+from omegaconf import OmegaConf
+
 from roboimi.vla.success_stats import aggregate_runs, format_rate, paired_difference
 
 WEIGHTS = {"final": "policy.pt", "best_rollout": "checkpoints/best_rollout.pt"}
@@ -34,7 +36,7 @@ def eval_label(weights: str, eval_overrides: Sequence[str]) -> str:
 
 
 def aggregate_sweep(evaluations: Sequence[dict]) -> list[dict]:
-    """Group evaluations ({experiment, policy, training_seed, outcomes, seeds}) by (experiment, policy) and
+    """Group evaluations ({experiment, policy, training_seed, dataset, outcomes, seeds}) by (experiment, policy) and
     aggregate each group over its training seeds. Every group must be scored on the same episode seeds."""
     groups = defaultdict(list)
     for evaluation in evaluations:
@@ -55,9 +57,9 @@ def aggregate_sweep(evaluations: Sequence[dict]) -> list[dict]:
 
 
 def paired_comparisons(evaluations: Sequence[dict]) -> list[dict]:
-    """For each two (experiment, policy) groups scored on the same training seeds and episode seeds, the paired
-    difference of their success over all (training seed, episode) pairs: A's run of seed k against B's run of
-    seed k, episode by episode."""
+    """For each two (experiment, policy) groups trained on the same demonstrations and scored on the same training
+    seeds and episode seeds, the paired difference of their success over all (training seed, episode) pairs: A's
+    run of seed k against B's run of seed k, episode by episode."""
     groups = defaultdict(dict)
     for evaluation in evaluations:
         groups[(evaluation["experiment"], evaluation["policy"])][evaluation["training_seed"]] = evaluation
@@ -66,7 +68,10 @@ def paired_comparisons(evaluations: Sequence[dict]) -> list[dict]:
     for i, a in enumerate(keys):
         for b in keys[i + 1:]:
             seeds = sorted(groups[a])
-            if sorted(groups[b]) != seeds or any(groups[a][k]["seeds"] != groups[b][k]["seeds"] for k in seeds):
+            if sorted(groups[b]) != seeds or any(
+                (groups[a][k]["seeds"], groups[a][k]["dataset"]) != (groups[b][k]["seeds"], groups[b][k]["dataset"])
+                for k in seeds
+            ):
                 continue
             outcomes_a = [o for k in seeds for o in groups[a][k]["outcomes"]]
             outcomes_b = [o for k in seeds for o in groups[b][k]["outcomes"]]
@@ -111,8 +116,8 @@ def evaluate_sweep(sweep_dir: Path, weights: str, eval_overrides: Sequence[str],
     """Score every trained run of `sweep_dir` with `evaluate(argv) -> summary` (eval_vla.main) under the same
     `eval_overrides`, keep finished scores, and write <sweep_dir>/<label>.md and .json with the table.
 
-    Runs without the weights yet (still training) are listed as skipped. Returns {"rows", "comparisons", "skipped",
-    "table", "path"}.
+    Runs without the weights yet (still training) are listed as skipped. Returns the report ({"sweep_dir", "weights",
+    "eval_overrides", "rows", "comparisons", "skipped"}) with its markdown ("table") and where it went ("path").
     """
     if weights not in WEIGHTS:
         raise ValueError(f"weights={weights!r} is invalid: one of {list(WEIGHTS)}.")
@@ -136,19 +141,28 @@ def evaluate_sweep(sweep_dir: Path, weights: str, eval_overrides: Sequence[str],
             "experiment": summary["experiment"] or "none",
             "policy": summary["policy"],
             "training_seed": summary["training_seed"],
+            "dataset": OmegaConf.load(run / ".hydra" / "config.yaml").data.dataset_dir,
             "outcomes": [bool(e["success"]) for e in summary["episodes"]],
             "seeds": [e["seed"] for e in summary["episodes"]],
         })
-    rows = aggregate_sweep(evaluations)
-    comparisons = paired_comparisons(evaluations)
-    table = markdown_table(rows)
-    if comparisons:
-        table += "\n\nPaired differences (the same training seeds, episode by episode):\n\n" + markdown_comparisons(comparisons)
-    (sweep_dir / f"{label}.json").write_text(
-        json.dumps({"rows": rows, "comparisons": comparisons, "skipped": skipped}, indent=2)
-    )
-    (sweep_dir / f"{label}.md").write_text(
-        f"Weights: {weights} ({WEIGHTS[weights]}), EMA; evaluation settings: {' '.join(eval_overrides) or 'defaults'}.\n\n"
-        f"{table}\n" + "".join(f"\nSkipped {line}" for line in skipped)
-    )
-    return {"rows": rows, "comparisons": comparisons, "skipped": skipped, "table": table, "path": sweep_dir / f"{label}.md"}
+    report = {
+        "sweep_dir": str(sweep_dir), "weights": weights, "eval_overrides": list(eval_overrides),
+        "rows": aggregate_sweep(evaluations), "comparisons": paired_comparisons(evaluations), "skipped": skipped,
+    }
+    (sweep_dir / f"{label}.json").write_text(json.dumps(report, indent=2))
+    (sweep_dir / f"{label}.md").write_text(render_report(report) + "\n")
+    return {**report, "table": render_report(report), "path": sweep_dir / f"{label}.md"}
+
+
+def render_report(report: dict) -> str:
+    """The markdown of an evaluate_sweep report: what was scored, the table over seeds, the paired differences."""
+    settings = " ".join(report["eval_overrides"]) or "defaults"
+    parts = [
+        f"Sweep `{report['sweep_dir']}`, {report['weights']} weights ({WEIGHTS[report['weights']]}, EMA), "
+        f"evaluation settings: `{settings}`.",
+        markdown_table(report["rows"]),
+    ]
+    if report["comparisons"]:
+        parts += ["Paired differences (the same training seeds, episode by episode):", markdown_comparisons(report["comparisons"])]
+    parts += [f"Skipped {line}" for line in report["skipped"]]
+    return "\n\n".join(parts)

@@ -41,7 +41,7 @@ setup(
     },
     extras_require={
         "test": ["pytest"],
-        # Plots of training curves and scores (benchmarks/summarize_results.py).
+        # Plots of training curves and scores (scripts/summarize_results.py).
         "bench": ["matplotlib==3.11.2"],
     },
 )

@@ -9,9 +9,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from roboimi.vla.checkpoint import build_agent_from_checkpoint, load_checkpoint
+from roboimi.vla.training.checkpoint import build_agent_from_checkpoint, load_checkpoint
 from roboimi.vla.data import build_datasets
-from roboimi.vla.runtime import resolve_device
+from roboimi.vla.training.runtime import resolve_device
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "roboimi", "vla", "conf")
 AGENT_CONFIGS = {"ddpm": "resnet_transformer", "imf": "resnet_imf_attnres"}

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from roboimi.vla.data import build_datasets
 from roboimi.vla.data.episode_files import write_episode_file
-from roboimi.vla.runtime import resolve_device, seed_everything
+from roboimi.vla.training.runtime import resolve_device, seed_everything
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "roboimi", "vla", "conf")
 

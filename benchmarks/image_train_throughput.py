@@ -32,7 +32,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from benchmarks.common import describe_machine  # noqa: E402
 from roboimi.vla import CONFIG_DIR  # noqa: E402
-from roboimi.vla.trainer import Trainer  # noqa: E402
+from roboimi.vla.training.trainer import Trainer  # noqa: E402
 
 # name -> (overrides on top of the recipe, torch threads per process, processes): frames read from disk per sample
 # (the old path), decoded once into memory, decoded once with channels-last convolutions, with compiled passes (the

@@ -42,7 +42,7 @@ from benchmarks.common import (  # noqa: E402
     synthetic_batch,
     timed_ms,
 )
-from roboimi.vla.evaluation import AgentPolicy  # noqa: E402
+from roboimi.evaluation.agent_policy import AgentPolicy  # noqa: E402
 from roboimi.vla.fast_paths import (  # noqa: E402
     precision_autocast,
     compile_encoder,

@@ -21,7 +21,7 @@ import torch
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from roboimi.envs import evaluate_policy  # noqa: E402  (sets MUJOCO_GL before mujoco is imported)
+from roboimi.evaluation.rollout import evaluate_policy  # noqa: E402  (importing roboimi.envs sets MUJOCO_GL first)
 from benchmarks.common import build_agent  # noqa: E402
 
 CAMERAS = ("r_vis", "top", "front")

@@ -41,7 +41,7 @@ from benchmarks.common import (  # noqa: E402
     synchronize,
     synthetic_batch,
 )
-from roboimi.vla.optim import build_optimizer  # noqa: E402
+from roboimi.vla.training.optim import build_optimizer  # noqa: E402
 
 VARIANTS = {"ddpm": "DDPM", "imf": "IMF (JVP)"}
 PHASES = ("step", "backbone", "head/objective", "optimizer")

@@ -13,19 +13,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-.venv/bin/python}
+source scripts/sweep_lib.sh
 SEEDS=${SEEDS:-0,1,2}                # training seeds (train.seed)
 EVAL_EPISODES=${EVAL_EPISODES:-100}  # scored episodes per run, seeds 1000..
 OUT=${OUT:-runs/sweeps}
 [ $# -gt 0 ] || { echo "usage: $0 SETTING... (state_transfer state_insertion top_transfer three_cam_transfer top_insertion)"; exit 2; }
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1   # more threads than free cores make every op wait on the slowest thread
 
 for setting in "$@"; do
-    sweep=$OUT/$setting
-    echo "== $setting: record, train ${setting}_imf and ${setting}_ddim at train.seed=$SEEDS in $sweep, score"
-    "$PYTHON" roboimi/demos/record_sim_episodes.py experiment="${setting}_imf" num_workers=2
-    "$PYTHON" roboimi/demos/vla_scripts/train_vla.py -m experiment="${setting}_imf,${setting}_ddim" train.seed="$SEEDS" \
-        hydra/launcher=joblib hydra.sweep.dir="$sweep" train.resume=auto
-    "$PYTHON" roboimi/demos/vla_scripts/eval_sweep.py sweep_dir="$sweep" eval.num_episodes="$EVAL_EPISODES" \
-        eval.num_workers=2 eval.trajectory_image=false
+    echo "== $setting: record, train ${setting}_imf and ${setting}_ddim at train.seed=$SEEDS in $OUT/$setting, score"
+    record_demos "${setting}_imf"
+    train_sweep "$OUT/$setting" "$SEEDS" "${setting}_imf,${setting}_ddim"
+    score_sweep "$OUT/$setting" "$EVAL_EPISODES"
 done

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from roboimi.demos.vla_scripts.eval_vla import describe_selection, scored_selection_seeds  # noqa: E402
-from roboimi.vla.checkpoint import load_checkpoint, weight_selection  # noqa: E402
-from roboimi.vla.success_stats import format_rate  # noqa: E402
+from roboimi.vla.training.checkpoint import load_checkpoint, weight_selection  # noqa: E402
+from roboimi.evaluation.success_stats import format_rate  # noqa: E402
 
 POLICIES = ROOT / "policies"
 SCORES = POLICIES / "scores"

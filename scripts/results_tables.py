@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from roboimi.vla.sweeps import render_report  # noqa: E402
+from roboimi.evaluation.sweeps import render_report  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results.md"
 REPORTS = ROOT / "docs" / "sweeps"

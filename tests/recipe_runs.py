@@ -1,8 +1,8 @@
 """Train a committed recipe and score its policy in the simulator: the pieces of the slow learning tests."""
 from hydra import compose, initialize_config_dir
 
-from roboimi.vla.evaluation import evaluate_agent
-from roboimi.vla.trainer import Trainer
+from roboimi.evaluation.agent_policy import evaluate_agent
+from roboimi.vla.training.trainer import Trainer
 from tests.tiny_config import CONFIG_DIR
 
 

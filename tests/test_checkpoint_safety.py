@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from roboimi.demos.vla_scripts import eval_vla
 from roboimi.vla import CONFIG_DIR
-from roboimi.vla.checkpoint import build_agent_from_checkpoint, load_checkpoint, require_trusted_config
+from roboimi.vla.training.checkpoint import build_agent_from_checkpoint, load_checkpoint, require_trusted_config
 
 
 class RunsCode:
@@ -79,12 +79,12 @@ class StoredConfigTest(unittest.TestCase):
     def test_torch_load_of_embedded_pickle_bytes_is_refused(self):
         payload = pickle.dumps(RunsCode(self.marker))
         head = {
-            "_target_": "roboimi.vla.checkpoint.torch.load",
+            "_target_": "roboimi.vla.training.checkpoint.torch.load",
             "f": {"_target_": "io.BytesIO", "_args_": [payload]},
             "weights_only": False,
         }
         path = save_crafted(self.root / "bytesio.pt", {"_target_": self.AGENT, "head": head})
-        self.assert_refused(path, r"config\.agent\.head\._target_='roboimi\.vla\.checkpoint\.torch\.load'")
+        self.assert_refused(path, r"config\.agent\.head\._target_='roboimi\.vla\.training\.checkpoint\.torch\.load'")
 
     def test_a_function_reached_through_a_roboimi_module_is_refused(self):
         head = {"_target_": "roboimi.atomic_file.os.system", "command": f"touch {self.marker}"}
@@ -102,7 +102,7 @@ class StoredConfigTest(unittest.TestCase):
             self.assert_refused(path, rf"config\.agent\.{key}=")
 
     def test_a_roboimi_function_or_a_re_exported_class_is_refused(self):
-        for target in ("roboimi.vla.checkpoint.load_checkpoint", "roboimi.vla.trainer.DataLoader"):
+        for target in ("roboimi.vla.training.checkpoint.load_checkpoint", "roboimi.vla.training.trainer.DataLoader"):
             path = save_crafted(self.root / "function.pt", {"_target_": target})
             self.assert_refused(path, re.escape(f"config.agent._target_={target!r}"))
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from roboimi.vla.trainer import Trainer
-from roboimi.vla.checkpoint import load_checkpoint
-from roboimi.vla.distributed import AgentLoss, parameter_fingerprint
+from roboimi.vla.training.trainer import Trainer
+from roboimi.vla.training.checkpoint import load_checkpoint
+from roboimi.vla.training.distributed import AgentLoss, parameter_fingerprint
 from tests.synthetic_episodes import write_dataset
 from tests.test_train_vla_rollout_validation import rollout_steps
 from tests.tiny_config import compose_tiny

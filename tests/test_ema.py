@@ -4,9 +4,9 @@ import unittest
 import torch
 from torch import nn
 
-from roboimi.vla.trainer import Trainer
-from roboimi.vla.checkpoint import build_agent_from_checkpoint, load_checkpoint
-from roboimi.vla.ema import build_ema, ema_decay
+from roboimi.vla.training.trainer import Trainer
+from roboimi.vla.training.checkpoint import build_agent_from_checkpoint, load_checkpoint
+from roboimi.vla.training.ema import build_ema, ema_decay
 from tests.tiny_config import TinyDatasetTestCase, compose_tiny
 
 

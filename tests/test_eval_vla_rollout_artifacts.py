@@ -14,9 +14,9 @@ import torch
 import yaml
 
 from roboimi.demos.vla_scripts import eval_vla
-from roboimi.vla.checkpoint import load_checkpoint, save_checkpoint
-from roboimi.vla.run_dir import RunDirLock
-from roboimi.vla.trainer import Trainer
+from roboimi.vla.training.checkpoint import load_checkpoint, save_checkpoint
+from roboimi.vla.training.run_dir import RunDirLock
+from roboimi.vla.training.trainer import Trainer
 from tests.synthetic_episodes import write_dataset
 from tests.tiny_config import compose_tiny
 
@@ -192,7 +192,7 @@ class EvalVLAArtifactsTest(unittest.TestCase):
             # No chdir (eval.output_dir stays relative to the caller) and no outputs/, .hydra/ or log file.
             self.assertEqual([p.name for p in Path(tmp).iterdir()], ["out"])
         self.assertEqual((summary["num_episodes"], [e["steps"] for e in summary["episodes"]]), (1, [3]))
-        self.assertRegex(result.stdout, r"policy\s+IMFVLAAgent, 2 sampling step\(s\)")  # stored: 1
+        self.assertRegex(result.stdout, r"policy\s+IMF-2 \(IMFVLAAgent, 2 sampling step\(s\)\)")  # stored: 1
 
 
 class EvalCommandLineTest(unittest.TestCase):

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh and its helper benchmarks/gpu_check.py: throughput and run sizing from a run's log, the
+"""gpu/gpu_check.sh and its helper gpu/gpu_check.py: throughput and run sizing from a run's log, the
 report from the stages' files, and the whole check at toy sizes on CPU (--smoke, slow: about 2 minutes)."""
 
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.gpu_check import markdown, steps_that_fit, throughput
+from gpu.gpu_check import markdown, steps_that_fit, throughput
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ("imf_u", "transformer", "imf_x")
@@ -75,7 +75,7 @@ class ReportTest(unittest.TestCase):
                        "ddim10_over_imf1_end_to_end": 3.0, "ddim10_over_imf1_head": 10.0}
             (work / "latency.json").write_text(json.dumps(latency))
             subprocess.run(
-                [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "report", str(out), "--mode", "gpu",
+                [sys.executable, str(ROOT / "gpu" / "gpu_check.py"), "report", str(out), "--mode", "gpu",
                  "--run", f"imf_x={work / 'imf_x'}", "--run", f"transformer={work / 'transformer'}",
                  "--eval-dir", str(work / "eval"), "--eval-run", "imf_x", "--latency", str(work / "latency.json")],
                 check=True, capture_output=True, timeout=120,
@@ -106,7 +106,7 @@ class SmokeRunTest(unittest.TestCase):
             env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "TRAIN_FAST": ""}
             start = time.perf_counter()
             result = subprocess.run(
-                ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke", "--out", str(out), "--work", str(work)],
+                ["bash", str(ROOT / "gpu" / "gpu_check.sh"), "--smoke", "--out", str(out), "--work", str(work)],
                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
             )
             elapsed = time.perf_counter() - start

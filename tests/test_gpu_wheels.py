@@ -1,4 +1,4 @@
-"""The wheels benchmarks/gpu_wheels.sh carries to the GPU machine: the dm_control pruning keeps a valid wheel (on a
+"""The wheels gpu/gpu_wheels.sh carries to the GPU machine: the dm_control pruning keeps a valid wheel (on a
 synthetic wheel, fast), and the real set (downloaded, slow), installed alone beside the packages the GPU machine's
 image has, runs both built-in tasks.
 
@@ -25,11 +25,11 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from benchmarks.prune_dm_control import prune_wheel
+from gpu.prune_dm_control import prune_wheel
 from tests.test_packaging import setup_requirements
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "gpu_wheels.sh"
+SCRIPT = ROOT / "gpu" / "gpu_wheels.sh"
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 # The Python distributions of the GPU machine's image.
@@ -73,7 +73,7 @@ from roboimi.envs.scripted_policy import ScriptedDemonstrator
 from roboimi.vla.agent import VLAAgent  # the DDPM / DDIM schedulers from diffusers
 # Every program gpu_check.sh runs: none may need a package the wheels leave out (swanlab, imageio-ffmpeg, glfw).
 import roboimi.demos.record_sim_episodes, roboimi.demos.vla_scripts.eval_vla, roboimi.demos.vla_scripts.train_vla
-import benchmarks.gpu_check, benchmarks.inference_latency
+import gpu.gpu_check, benchmarks.inference_latency
 
 tasks = {}
 for task in ("sim_transfer", "sim_insertion"):

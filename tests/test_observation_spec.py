@@ -4,7 +4,7 @@ import unittest
 import numpy as np
 import torch
 
-from roboimi.vla.checkpoint import upgrade_config
+from roboimi.vla.training.checkpoint import upgrade_config
 from roboimi.vla.observation_spec import ObservationSpec, assemble_state
 from tests.agent_fixtures import CAMS, make_agent
 

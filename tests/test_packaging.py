@@ -49,7 +49,7 @@ class WheelTest(unittest.TestCase):
             with zipfile.ZipFile(wheel) as archive:
                 names = set(archive.namelist())
                 entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-        for path in ("roboimi/vla/trainer.py", "roboimi/demos/vla_scripts/train_vla.py", "roboimi/demos/vla_scripts/eval_vla.py",
+        for path in ("roboimi/vla/training/trainer.py", "roboimi/demos/vla_scripts/train_vla.py", "roboimi/demos/vla_scripts/eval_vla.py",
                      "roboimi/vla/conf/config.yaml", "roboimi/vla/conf/train/state.yaml", "roboimi/vla/conf/agent/state_imf_attnres.yaml"):
             self.assertIn(path, names)
         for script in ("roboimi-train = roboimi.demos.vla_scripts.train_vla:main",

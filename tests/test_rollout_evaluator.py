@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from roboimi.envs import evaluate_policy, register_task
+from roboimi.envs import register_task
+from roboimi.evaluation.rollout import evaluate_policy
 from roboimi.envs.aloha_tasks import ALOHA_TASKS
-from roboimi.envs.media import SHEET_LABEL_WIDTH, SHEET_THUMBNAIL_HW
+from roboimi.evaluation.media import SHEET_LABEL_WIDTH, SHEET_THUMBNAIL_HW
 from roboimi.envs.scripted_policy import ScriptedDemonstrator
 from roboimi.envs.sim_env import DualArmSimEnv
 from tests.image_checks import pixels_near, red_pixels

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from roboimi.vla.checkpoint import load_checkpoint
-from roboimi.vla.run_dir import RunDirLock, checkpoints_newest_first
-from roboimi.vla.trainer import Trainer
+from roboimi.vla.training.checkpoint import load_checkpoint
+from roboimi.vla.training.run_dir import RunDirLock, checkpoints_newest_first
+from roboimi.vla.training.trainer import Trainer
 from tests.tiny_config import TinyDatasetTestCase, compose_tiny, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ class RunDirTest(TinyDatasetTestCase):
     def test_a_second_process_on_the_run_dir_is_refused_with_the_holders_pid(self):
         run_dir = self.run_dir("locked")
         holder = subprocess.Popen(
-            [sys.executable, "-c", f"from roboimi.vla.run_dir import RunDirLock; RunDirLock({str(run_dir)!r}); print('held', flush=True); input()"],
+            [sys.executable, "-c", f"from roboimi.vla.training.run_dir import RunDirLock; RunDirLock({str(run_dir)!r}); print('held', flush=True); input()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         try:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from roboimi.vla.checkpoint import build_agent_from_checkpoint, load_checkpoint
-from roboimi.vla.evaluation import AgentPolicy, evaluate_agent
+from roboimi.vla.training.checkpoint import build_agent_from_checkpoint, load_checkpoint
+from roboimi.evaluation.agent_policy import AgentPolicy, evaluate_agent
 
 POLICIES = Path(__file__).resolve().parents[1] / "policies"
 MAX_BYTES = 5 * 2**20

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 
 from roboimi.demos.record_sim_episodes import record_episodes
 from roboimi.vla.data import build_datasets
-from roboimi.vla.evaluation import AgentPolicy
+from roboimi.evaluation.agent_policy import AgentPolicy
 from roboimi.vla.models.backbones.no_vision import NoVisionBackbone
 from tests.synthetic_episodes import write_dataset
 from tests.recipe_runs import rollout_success, train_recipe

@@ -6,7 +6,7 @@ import unittest
 
 import numpy as np
 
-from roboimi.vla.success_stats import aggregate_runs, format_rate, paired_difference, wilson_interval
+from roboimi.evaluation.success_stats import aggregate_runs, format_rate, paired_difference, wilson_interval
 
 Z95 = statistics.NormalDist().inv_cdf(0.975)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from roboimi.demos.vla_scripts import compare_evals, eval_sweep
-from roboimi.vla.sweeps import aggregate_sweep, paired_comparisons
+from roboimi.evaluation.sweeps import aggregate_sweep, paired_comparisons
 from tests.tiny_config import TinyDatasetTestCase, tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]

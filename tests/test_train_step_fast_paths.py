@@ -8,7 +8,7 @@ from unittest import mock
 import pytest
 import torch
 
-from roboimi.vla.trainer import Trainer
+from roboimi.vla.training.trainer import Trainer
 from tests.tiny_config import TinyDatasetTestCase, compose_tiny
 
 AGENTS = ("resnet_imf_attnres", "resnet_transformer")

@@ -14,8 +14,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from roboimi.vla.trainer import Trainer
-from roboimi.vla.checkpoint import load_checkpoint, save_checkpoint
+from roboimi.vla.training.trainer import Trainer
+from roboimi.vla.training.checkpoint import load_checkpoint, save_checkpoint
 from tests.tiny_config import CONFIG_DIR, TinyDatasetTestCase, compose_tiny
 
 
@@ -209,7 +209,7 @@ class AtomicCheckpointTest(unittest.TestCase):
     def test_a_refused_write_names_the_file_the_cause_and_the_size_and_keeps_the_previous_file(self):
         script = (
             "import resource, signal, sys, torch\n"
-            "from roboimi.vla.checkpoint import save_checkpoint\n"
+            "from roboimi.vla.training.checkpoint import save_checkpoint\n"
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail instead of killing\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))\n"
             "save_checkpoint(sys.argv[1], {'config': {}, 'global_step': 2, 'w': torch.zeros(1_000_000)})\n"

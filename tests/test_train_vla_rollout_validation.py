@@ -4,7 +4,7 @@ import unittest
 from pathlib import Path
 
 
-from roboimi.vla.trainer import Trainer
+from roboimi.vla.training.trainer import Trainer
 from tests.tiny_config import TinyDatasetTestCase, compose_tiny
 
 # 2 episodes x 6 frames at batch 2 -> 6 optimizer steps per epoch.

@@ -7,8 +7,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from roboimi.vla.trainer import Trainer
-from roboimi.vla.experiment_logger import ExperimentLogger
+from roboimi.vla.training.trainer import Trainer
+from roboimi.vla.training.experiment_logger import ExperimentLogger
 from tests.tiny_config import TinyDatasetTestCase, compose_tiny
 
 

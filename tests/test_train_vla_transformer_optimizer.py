@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from roboimi.vla.models.heads.attnres_transformer_components import AttnResOperator, RMSNorm
-from roboimi.vla.optim import build_lr_scheduler, build_param_groups, lr_factor
+from roboimi.vla.training.optim import build_lr_scheduler, build_param_groups, lr_factor
 from tests.tiny_config import compose_tiny
 
 DECAY_MODULES = (nn.Linear, nn.MultiheadAttention)

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from tests.agent_fixtures import (
-    ACTION_DIM, CAMS, NUM_ACTION_STEPS, OBS_DIM, OBS_HORIZON, PRED_HORIZON, STATS, HeadCalls, make_agent, make_batch,
+    ACTION_DIM, CAMS, OBS_DIM, OBS_HORIZON, PRED_HORIZON, STATS, HeadCalls, make_agent, make_batch,
     make_obs,
 )
 

@@ -1,4 +1,4 @@
-"""Built-in dual-arm simulation, task registry, scripted expert and rollout evaluator.
+"""Built-in dual-arm simulation, task registry and scripted expert (scored by roboimi.evaluation.rollout).
 
 The headless GL backend is chosen when mujoco is first imported, so it is set here before any
 mujoco / dm_control / gym_aloha import. An existing MUJOCO_GL wins; use MUJOCO_GL=osmesa (Debian package
@@ -17,13 +17,11 @@ except ImportError:
     pass
 
 from roboimi.envs.registry import list_tasks, make_env, register_task  # noqa: E402
-from roboimi.envs.rollout import evaluate_policy  # noqa: E402
 from roboimi.envs.sim_env import DualArmSimEnv, InvalidActionError  # noqa: E402
 
 __all__ = [
     "DualArmSimEnv",
     "InvalidActionError",
-    "evaluate_policy",
     "list_tasks",
     "make_env",
     "register_task",

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from roboimi.vla.success_stats import format_rate, paired_difference
+from roboimi.evaluation.success_stats import format_rate, paired_difference
 
 
 def read_summary(path: str) -> dict:

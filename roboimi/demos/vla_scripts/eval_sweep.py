@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from roboimi.demos.vla_scripts import eval_vla
-from roboimi.vla.sweeps import evaluate_sweep
+from roboimi.evaluation.sweeps import evaluate_sweep
 
 USAGE = "usage: eval_sweep.py sweep_dir=<dir> [weights=final|best_rollout] [eval.<key>=...] [agent.<key>=...]"
 

@@ -24,14 +24,14 @@ from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from roboimi.vla import CONFIG_DIR
-from roboimi.vla.checkpoint import build_agent_from_checkpoint, load_checkpoint, weight_selection
-from roboimi.vla.evaluation import evaluate_agent, policy_name
-from roboimi.vla.experiment_logger import ExperimentLogger
+from roboimi.vla.training.checkpoint import build_agent_from_checkpoint, load_checkpoint, weight_selection
+from roboimi.evaluation.agent_policy import evaluate_agent, policy_name
+from roboimi.vla.training.experiment_logger import ExperimentLogger
 from roboimi.vla.fast_paths import apply_eval_fast_paths
-from roboimi.vla.run_dir import RunDirLock
-from roboimi.vla.runtime import resolve_device
-from roboimi.vla.settings import GROUP_DEFAULTS, validate_eval_settings
-from roboimi.vla.success_stats import format_rate
+from roboimi.vla.training.run_dir import RunDirLock
+from roboimi.vla.training.runtime import resolve_device
+from roboimi.vla.training.settings import GROUP_DEFAULTS, validate_eval_settings
+from roboimi.evaluation.success_stats import format_rate
 
 CONFIG_NAME = "eval_vla"
 # How the trained policy acts (sampling steps, executed window, temporal ensembling, initial noise): settable,

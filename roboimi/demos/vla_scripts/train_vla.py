@@ -2,7 +2,7 @@
 
     python roboimi/demos/vla_scripts/train_vla.py agent=resnet_imf_attnres data.dataset_dir=data/sim_transfer
 
-The workspace is roboimi.vla.trainer.Trainer; outputs go to the Hydra run dir (checkpoints/, logs.json.txt,
+The workspace is roboimi.vla.training.trainer.Trainer; outputs go to the Hydra run dir (checkpoints/, logs.json.txt,
 swanlog/, rollouts/).
 """
 from pathlib import Path
@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from roboimi.vla import CONFIG_DIR
-from roboimi.vla.trainer import Trainer
+from roboimi.vla.training.trainer import Trainer
 
 
 @hydra.main(version_base=None, config_path=str(CONFIG_DIR), config_name="config")

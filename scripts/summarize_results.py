@@ -5,7 +5,7 @@ eval dir holds summary.json (success_rate, mean_return, mean_max_reward, num_epi
 episodes). Writes <figures-dir>/loss_curves.png, success_vs_nfe.png, latency_vs_nfe.png and, when the runs logged
 rollout validation (rollout/success_rate), success_vs_step.png; prints the table (or writes it to --out).
 
-    python benchmarks/summarize_results.py \
+    python scripts/summarize_results.py \
         --train DDPM runs/compare/train_ddpm --train IMF runs/compare/train_imf \
         --eval DDIM-10 10 runs/compare/eval_ddpm_ddim10 --eval IMF-1 1 runs/compare/eval_imf_1 \
         --eval IMF-2 2 runs/compare/eval_imf_2 --figures-dir docs/figures --out runs/compare/results.md

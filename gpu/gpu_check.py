@@ -1,4 +1,4 @@
-"""The Python side of benchmarks/gpu_check.sh: what the shell script cannot measure or write itself.
+"""The Python side of gpu/gpu_check.sh: what the shell script cannot measure or write itself.
 
     gpu_check.py preflight OUT.json                  versions, the GPU, and one rendered frame per camera (EGL)
     gpu_check.py run RECORD.json SCRIPT ARGS...      run SCRIPT as __main__; RECORD gets its wall time, exit code and

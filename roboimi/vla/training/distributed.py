@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from roboimi.vla.runtime import resolve_device
+from roboimi.vla.training.runtime import resolve_device
 
 
 @dataclass(frozen=True)

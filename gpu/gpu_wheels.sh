@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The packages benchmarks/gpu_check.sh needs that the GPU machine's image lacks, as wheels for a machine without
+# The packages gpu/gpu_check.sh needs that the GPU machine's image lacks, as wheels for a machine without
 # network, plus the GL loader libraries that headless EGL rendering needs where the image has none.
 #
-#   bash benchmarks/gpu_wheels.sh                               # cp312 wheels and GL loaders into .gpu_wheels
-#   bash benchmarks/gpu_wheels.sh --python-version 3.11 --no-gl /tmp/w   # the same set for this machine's Python
+#   bash gpu/gpu_wheels.sh                               # cp312 wheels and GL loaders into .gpu_wheels
+#   bash gpu/gpu_wheels.sh --python-version 3.11 --no-gl /tmp/w   # the same set for this machine's Python
 #
 # The GPU image has torch, torchvision, numpy, h5py, scipy, lxml, imageio, pillow, pyyaml, tqdm, absl-py, protobuf,
 # packaging, filelock, huggingface-hub, safetensors, regex, requests and cloudpickle; what RoboIMI imports beyond
 # them is listed below with the pins of setup.py, each package's own requirements (its METADATA) included where the
 # image lacks them. Nothing for video writing (imageio-ffmpeg) or tracking (swanlab): the check writes no video and
-# tracks nothing. dm_control is repacked with what the built-in tasks load (benchmarks/prune_dm_control.py), 0.1 of
+# tracks nothing. dm_control is repacked with what the built-in tasks load (gpu/prune_dm_control.py), 0.1 of
 # its 54 MiB. Fails when DIR and the repository files that travel with it exceed 64 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,7 +54,7 @@ mkdir -p "$DIR/full"
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$DIR/full" "${WHEELS[@]}"
 # Pure-Python source archives build to the same py3-none-any wheel for every Python.
 "$PYTHON" -m pip wheel -q --no-deps -w "$DIR/full" "${SDISTS[@]}"
-"$PYTHON" benchmarks/prune_dm_control.py "$DIR"/full/dm_control-*.whl "$DIR"
+"$PYTHON" gpu/prune_dm_control.py "$DIR"/full/dm_control-*.whl "$DIR"
 for wheel in "$DIR"/full/*.whl; do
     case $(basename "$wheel") in dm_control-*) ;; *) mv "$wheel" "$DIR/" ;; esac
 done

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from roboimi.atomic_file import atomic_write_path, remove_stale_temp_files
-from roboimi.vla.checkpoint import (
+from roboimi.vla.training.checkpoint import (
     CorruptCheckpointError,
     capture_rng_state,
     load_checkpoint,
@@ -30,17 +30,17 @@ from roboimi.vla.checkpoint import (
 )
 from roboimi.vla.data import build_datasets
 from roboimi.vla.data.epoch_batch_sampler import EpochBatchSampler
-from roboimi.vla.distributed import AgentLoss, assert_ranks_agree, init_distributed, parameter_fingerprint
-from roboimi.vla.ema import build_ema
-from roboimi.vla.evaluation import evaluate_agent
-from roboimi.vla.experiment_logger import ExperimentLogger
+from roboimi.vla.training.distributed import AgentLoss, assert_ranks_agree, init_distributed, parameter_fingerprint
+from roboimi.vla.training.ema import build_ema
+from roboimi.evaluation.agent_policy import evaluate_agent
+from roboimi.vla.training.experiment_logger import ExperimentLogger
 from roboimi.vla.fast_paths import attention_backends, precision_autocast, use_channels_last
 from roboimi.vla.models.heads.external_checkpoint import load_external_imf_head_state_dict
-from roboimi.vla.optim import build_lr_scheduler, build_optimizer
-from roboimi.vla.graceful_stop import GracefulStop, ignore_stop_signals
-from roboimi.vla.run_dir import RunDirLock, checkpoints_newest_first, clear_run_outputs, prune_step_checkpoints
-from roboimi.vla.runtime import seed_everything
-from roboimi.vla.settings import validate_train_settings
+from roboimi.vla.training.optim import build_lr_scheduler, build_optimizer
+from roboimi.vla.training.graceful_stop import GracefulStop, ignore_stop_signals
+from roboimi.vla.training.run_dir import RunDirLock, checkpoints_newest_first, clear_run_outputs, prune_step_checkpoints
+from roboimi.vla.training.runtime import seed_everything
+from roboimi.vla.training.settings import validate_train_settings
 
 
 def make_loader(dataset, cfg, dist_ctx, shuffle_seed: int) -> tuple[DataLoader, EpochBatchSampler]:

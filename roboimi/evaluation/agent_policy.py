@@ -63,7 +63,7 @@ def evaluate_agent(
     Returns the evaluator's summary dict; the evaluator restores the agent's train/eval mode and empties its queues.
     """
     # Imported here: importing the simulator fixes the MuJoCo GL backend, which training without rollouts never needs.
-    from roboimi.envs.rollout import evaluate_policy
+    from roboimi.evaluation.rollout import evaluate_policy
 
     spec = agent.observation_spec
     policy = AgentPolicy(agent, fused_sdpa=cfg.eval.fused_sdpa, precision=cfg.eval.precision)

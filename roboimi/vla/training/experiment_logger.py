@@ -7,7 +7,7 @@ import time
 import warnings
 from pathlib import Path
 
-from roboimi.vla.settings import flatten_config
+from roboimi.vla.training.settings import flatten_config
 
 SWANLAB_MODES = ("disabled", "offline", "local", "cloud")
 

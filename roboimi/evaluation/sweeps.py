@@ -12,7 +12,7 @@ from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from roboimi.vla.success_stats import aggregate_runs, format_rate, paired_difference
+from roboimi.evaluation.success_stats import aggregate_runs, format_rate, paired_difference
 
 WEIGHTS = {"final": "policy.pt", "best_rollout": "checkpoints/best_rollout.pt"}
 

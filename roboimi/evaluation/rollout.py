@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from roboimi.envs import media
 from roboimi.envs.registry import make_env
 from roboimi.envs.sim_env import InvalidActionError, SimulationDivergedError, check_action
-from roboimi.vla.success_stats import wilson_interval
+from roboimi.evaluation import media
+from roboimi.evaluation.success_stats import wilson_interval
 from roboimi.worker_process import die_with_parent
 
 TIMING_KEYS = ("obs_read_ms", "preprocess_ms", "inference_ms", "env_step_ms", "loop_total_ms")

@@ -3,12 +3,12 @@
 # ResNet-18 policies with the GPU recipe (docs/training_at_scale.md), evaluates the longest run on held-out episodes
 # and times IMF-1 against DDIM-10; OUT/gpu_check.json and OUT/gpu_check.md hold the numbers and the versions.
 #
-#   bash benchmarks/gpu_check.sh                        # GPU: about 9 minutes (BUDGET_S), results in runs/gpu_check
-#   bash benchmarks/gpu_check.sh --out DIR --work DIR   # results to one dir, demos / checkpoints (GBs) / logs to another
-#   bash benchmarks/gpu_check.sh --smoke --out DIR      # the same stages on CPU at toy sizes, about 2 minutes
+#   bash gpu/gpu_check.sh                        # GPU: about 9 minutes (BUDGET_S), results in runs/gpu_check
+#   bash gpu/gpu_check.sh --out DIR --work DIR   # results to one dir, demos / checkpoints (GBs) / logs to another
+#   bash gpu/gpu_check.sh --smoke --out DIR      # the same stages on CPU at toy sizes, about 2 minutes
 #
 # Stages: (1) where the machine lacks them, install the carried wheels (--wheels, default .gpu_wheels, made by
-# benchmarks/gpu_wheels.sh) into a temporary site dir, and the GL loader libraries where ldconfig finds no libEGL;
+# gpu/gpu_wheels.sh) into a temporary site dir, and the GL loader libraries where ldconfig finds no libEGL;
 # (2) versions and one rendered frame per camera and task; (3) record EPISODES demos on all cores; (4) throughput
 # of IMF-AttnRes with the reference u-prediction and of the DDPM/DDIM transformer baseline, both with the reference
 # 384 x 18 head, each for MEASURE_S seconds after its first logged steps (which hold the warm-up and compile) and
@@ -98,7 +98,7 @@ write_report() {  # write_report STATUS
     [ -f "$WORK/recording.json" ] && opts+=(--recording "$WORK/recording.json")
     [ -f "$WORK/latency.json" ] && opts+=(--latency "$WORK/latency.json")
     [ -n "$EVAL_DIR" ] && opts+=(--eval-dir "$EVAL_DIR" --eval-run imf_x)
-    "$PYTHON" benchmarks/gpu_check.py report "$OUT" "${opts[@]}" "${RUN_ARGS[@]}"
+    "$PYTHON" gpu/gpu_check.py report "$OUT" "${opts[@]}" "${RUN_ARGS[@]}"
 }
 on_exit() {
     local rc=$?
@@ -113,7 +113,7 @@ trap on_exit EXIT
 t=$SECONDS
 if ! "$PYTHON" -c "import mujoco, dm_control, gym_aloha, gymnasium, hydra, omegaconf, diffusers" 2>/dev/null; then
     if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-        echo "error: $PYTHON lacks the simulation / config packages and $WHEELS holds no wheels (bash benchmarks/gpu_wheels.sh)" >&2
+        echo "error: $PYTHON lacks the simulation / config packages and $WHEELS holds no wheels (bash gpu/gpu_wheels.sh)" >&2
         exit 1
     fi
     echo "== installing $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $SITE"
@@ -136,7 +136,7 @@ stage_done install "$t"
 # ---- 2. versions, GPU, rendering ----------------------------------------------------------------------------------
 t=$SECONDS
 echo "== preflight ($PYTHON)"
-"$PYTHON" benchmarks/gpu_check.py preflight "$WORK/preflight.json" --image-size "$IMAGE" --device "$DEVICE"
+"$PYTHON" gpu/gpu_check.py preflight "$WORK/preflight.json" --image-size "$IMAGE" --device "$DEVICE"
 stage_done preflight "$t"
 
 # ---- 3. demonstrations ------------------------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ train() {
     rm -rf "$run_dir" "$run_dir.run.json" "$run_dir.log"
     echo "== train $name: $* (log $run_dir.log)"
     RUN_ARGS+=(--run "$name=$run_dir")
-    "$PYTHON" benchmarks/gpu_check.py run "$run_dir.run.json" roboimi/demos/vla_scripts/train_vla.py \
+    "$PYTHON" gpu/gpu_check.py run "$run_dir.run.json" roboimi/demos/vla_scripts/train_vla.py \
         "${TRAIN_COMMON[@]}" hydra.run.dir="$run_dir" "$@" > "$run_dir.log" 2>&1 &
     local pid=$!
     while kill -0 "$pid" 2>/dev/null; do
@@ -198,7 +198,7 @@ if [ "$SMOKE" = 0 ]; then
     X_SECONDS=$((BUDGET_S - RESERVE_S - SECONDS))
     X_SECONDS=$((X_SECONDS > MIN_X_S ? X_SECONDS : MIN_X_S))
 fi
-if X_STEPS=$("$PYTHON" benchmarks/gpu_check.py steps "$RUNS/imf_u" "$RUNS/imf_u.run.json" "$X_SECONDS"); then
+if X_STEPS=$("$PYTHON" gpu/gpu_check.py steps "$RUNS/imf_u" "$RUNS/imf_u.run.json" "$X_SECONDS"); then
     X_WARMUP=$((X_STEPS / 10))
     echo "== x-prediction run: $X_SECONDS s at the u-run's rate -> train.max_steps=$X_STEPS"
 else
@@ -223,7 +223,7 @@ stage_done eval "$t"
 t=$SECONDS
 echo "== IMF-1 vs DDIM-10 latency ($LATENCY, ${IMAGE}px)"
 # shellcheck disable=SC2086
-"$PYTHON" benchmarks/gpu_check.py latency "$WORK/latency.json" --device "$DEVICE" --image-size "$IMAGE" $LATENCY
+"$PYTHON" gpu/gpu_check.py latency "$WORK/latency.json" --device "$DEVICE" --image-size "$IMAGE" $LATENCY
 stage_done latency "$t"
 
 write_report complete

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from roboimi.atomic_file import atomic_write_path
-from roboimi.vla.settings import flatten_config
+from roboimi.vla.training.settings import flatten_config
 
 # Keys whose change makes a checkpoint's weights or data contract meaningless for the current run.
 MODEL_DEFINING_KEYS = ("agent", "data.camera_names", "data.image_shape")

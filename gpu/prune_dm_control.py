@@ -1,5 +1,5 @@
 """Repack the dm_control wheel with only what RoboIMI's built-in tasks load, for a machine that gets its packages as
-carried wheels (benchmarks/gpu_wheels.sh).
+carried wheels (gpu/gpu_wheels.sh).
 
 The full wheel is 56 MB, nearly all of it locomotion, the suite's dog meshes and the MJCF / composer stack, none of
 which sim_transfer and sim_insertion import (roboimi/envs and gym_aloha use dm_control.mujoco, dm_control.rl and
@@ -8,7 +8,7 @@ backend (EGL, OSMesa), and the one data file set they read, the suite's common X
 import. Kept files are copied byte for byte and RECORD keeps their original lines, so the pruned wheel verifies and
 installs like the original.
 
-    python benchmarks/prune_dm_control.py dm_control-1.0.41-py3-none-any.whl OUT_DIR
+    python gpu/prune_dm_control.py dm_control-1.0.41-py3-none-any.whl OUT_DIR
 """
 
 import argparse

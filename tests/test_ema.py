@@ -65,7 +65,8 @@ class TrainerEmaTest(TinyDatasetTestCase):
 
         policy_path = self.run_dir("ema_full") / "policy.pt"
         policy = load_checkpoint(policy_path)
-        self.assertEqual(sorted(policy), ["agent", "config", "global_step", "weights"])  # no optimizer, no second copy
+        self.assertEqual(sorted(policy), ["agent", "config", "global_step", "selection", "weights"])  # no optimizer, no second copy
+        self.assertEqual(policy["selection"], {"rule": "as_trained"})
         self.assertEqual((policy["weights"], policy["global_step"]), ("ema", 6))
         for key, value in last["ema"].items():
             torch.testing.assert_close(policy["agent"][key], value, rtol=0, atol=0)

@@ -4,6 +4,7 @@ import unittest
 from pathlib import Path
 
 
+from roboimi.vla.training.checkpoint import load_checkpoint, weight_selection
 from roboimi.vla.training.trainer import Trainer
 from tests.tiny_config import TinyDatasetTestCase, compose_tiny
 
@@ -36,6 +37,17 @@ class RolloutValidationTest(TinyDatasetTestCase):
         self.assertEqual(len(summary["episodes"]), 2)
         self.assertTrue(trainer.agent.training, "agent left in eval mode after validation")
         self.assertTrue((run_dir / "checkpoints" / "best_rollout.pt").is_file())
+
+    def test_validation_plays_its_own_seeds_and_the_best_weights_record_them(self):
+        """Selection never sees the scored seeds (eval.seed, 1000 on): validation plays train.rollout_val_seed on, and
+        best_rollout.pt says which seeds picked it; the other checkpoints were picked by nothing."""
+        _, run_dir = self.train("own_seeds", ["train.max_steps=6", "train.save_freq=100", "train.rollout_val_freq_epochs=1"])
+        summary = json.loads((run_dir / "rollouts" / f"step_{STEPS_PER_EPOCH}" / "summary.json").read_text())
+        self.assertEqual([e["seed"] for e in summary["episodes"]], [100000, 100001])
+        best = load_checkpoint(run_dir / "checkpoints" / "best_rollout.pt")
+        self.assertEqual(weight_selection(best), {"rule": "best_rollout", "seeds": [100000, 100001]})
+        self.assertEqual(weight_selection(load_checkpoint(run_dir / "checkpoints" / "last.pt")), {"rule": "as_trained"})
+        self.assertEqual(weight_selection(load_checkpoint(run_dir / "policy.pt")), {"rule": "as_trained"})
 
     def test_every_second_epoch(self):
         _, run_dir = self.train("second_epoch", ["train.max_steps=13", "train.save_freq=100", "train.rollout_val_freq_epochs=2"])

@@ -1,4 +1,6 @@
-"""Atomic file writes: a crash or an exception never leaves a half-written file at the destination."""
+"""Atomic file writes: a crash or an exception never leaves a half-written file at the destination; and output
+directories whose setting is named when they cannot be created."""
+import errno
 import os
 import uuid
 from contextlib import contextmanager
@@ -33,3 +35,25 @@ def atomic_write_path(path):
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def create_dir(path, setting: str) -> Path:
+    """mkdir -p `path` and check that this user can write into it; else an OSError naming `setting`, the path, the
+    cause and the fix (the OS's own [Errno 30] or [Errno 17] names neither the setting nor the fix)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        file = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        cause = f"{file} is a file" if file else f"{error.strerror}: {error.filename}"
+        raise OSError(error.errno, _unusable_dir(setting, path, cause)) from None
+    if not os.access(path, os.W_OK):
+        raise OSError(errno.EACCES, _unusable_dir(setting, path, "a read-only file system or no write permission"))
+    return path
+
+
+def _unusable_dir(setting: str, path: Path, cause: str) -> str:
+    return (
+        f"Cannot write into {setting}={path} ({cause}). Pass a {setting} that is a writable directory, or a path "
+        f"where one can be created."
+    )

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from roboimi.demos import record_sim_episodes
-from roboimi.demos.vla_scripts import eval_vla
+from roboimi.demos.vla_scripts import eval_vla, train_vla
 from roboimi.vla import CONFIG_DIR
 from roboimi.vla.experiments import compose_experiment, experiment_names
 
@@ -76,6 +76,7 @@ def check_program(command: str, tokens: list[str]) -> None:
     """Run the program's own validation of its command line (composition for the Hydra programs)."""
     tokens = [t for t in tokens if not is_variable(t)]
     if "train_vla.py" in command:
+        train_vla.check_overrides(tokens)
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             compose("config", overrides=[first_of_sweep(t) for t in tokens if not t.startswith("hydra")])
     elif "record_sim_episodes.py" in command:
@@ -120,6 +121,8 @@ class DocCommandsTest(unittest.TestCase):
         self.assertFalse((CONFIG_DIR / "experiment" / "top_transfer.yaml").is_file())
         with self.assertRaises(SystemExit):
             check_program("eval_vla.py", ["eval.bf16_autocast=true"])
+        with self.assertRaises(SystemExit):
+            check_program("train_vla.py", ["train.max_stepz=3"])
         with self.assertRaises(Exception):
             check_program("train_vla.py", ["experiment=nope"])
         self.assertEqual(assignments("python x.py ckpt_path=runs/<run>/policy.pt 'a=[1,2]' b=$B c=3 d= +e=1"), ["a=[1,2]", "c=3"])

@@ -2,18 +2,24 @@
 import io
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import unittest
 from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
 from roboimi.demos.vla_scripts import eval_vla
+from roboimi.evaluation.success_stats import wilson_interval
 from roboimi.vla.training.checkpoint import load_checkpoint, save_checkpoint
 from roboimi.vla.training.run_dir import RunDirLock
 from roboimi.vla.training.trainer import Trainer
@@ -21,13 +27,35 @@ from tests.synthetic_episodes import write_dataset
 from tests.tiny_config import compose_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "roboimi" / "demos" / "vla_scripts" / "eval_vla.py"
+SCRIPT_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
 def run_script(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """eval_vla.py run as a file, the way the Makefile and the benchmarks run it."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    script = ROOT / "roboimi" / "demos" / "vla_scripts" / "eval_vla.py"
-    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, str(SCRIPT), *args]
+    return subprocess.run(command, cwd=cwd, env=SCRIPT_ENV, capture_output=True, text=True, timeout=300)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while being read
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 class EvalVLAArtifactsTest(unittest.TestCase):
@@ -150,6 +178,99 @@ class EvalVLAArtifactsTest(unittest.TestCase):
         summary, _ = self.evaluate("shared", ["eval.num_episodes=1"])
         self.assertEqual(summary["num_episodes"], 1)
         self.assertEqual(sorted(p.name for p in out.glob("trajectory_*")), ["trajectory_0.npz", "trajectory_0.png"])
+
+    def test_an_unknown_video_camera_is_the_last_error_on_the_screen(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_script(
+                [f"ckpt_path={self.ckpt}", "eval.record_video=true", "eval.video_camera=nope", "device=cpu"], Path(tmp)
+            )
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("ValueError: Unknown camera 'nope'; available cameras: r_vis, top, front", result.stderr)
+        # The env's renderer is closed before the error is raised, so its GL context reports nothing at exit.
+        self.assertNotIn("Exception ignored", result.stderr)
+        self.assertNotIn("EGLError", result.stderr)
+
+    def test_ctrl_c_ends_the_rollouts_and_summarizes_the_finished_episodes(self):
+        out = Path(self.tmp.name) / "interrupted"
+
+        def interrupt_after_the_first_episode():
+            deadline = time.monotonic() + 120
+            while not (out / "trajectory_0.npz").exists():
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C in a terminal
+
+        threading.Thread(target=interrupt_after_the_first_episode, daemon=True).start()
+        argv = [f"ckpt_path={self.ckpt}", "eval.num_episodes=1000", "eval.max_timesteps=5", f"eval.output_dir={out}"]
+        with redirect_stdout(io.StringIO()) as printed, self.assertRaises(SystemExit) as stopped:
+            eval_vla.main(argv)
+        self.assertEqual(stopped.exception.code, 128 + signal.SIGINT)
+        summary = json.loads((out / "summary.json").read_text())
+        finished = summary["num_episodes"]
+        self.assertEqual([summary[key] for key in ("partial", "requested_episodes", "stopped_by")], [True, 1000, "SIGINT"])
+        self.assertGreaterEqual(finished, 1)
+        self.assertEqual([e["seed"] for e in summary["episodes"]], list(range(1000, 1000 + finished)))
+        self.assertEqual(summary["success_interval"], list(wilson_interval(summary["successes"], finished)))
+        report = printed.getvalue()
+        self.assertRegex(report, rf"on seeds 1000-{999 + finished}\n")
+        self.assertRegex(report, rf"PARTIAL\s+stopped by SIGINT after {finished} of 1000 episodes: the success rate is "
+                                 rf"over the {finished} finished ones")
+
+    @pytest.mark.slow
+    def test_sigterm_ends_the_workers_and_summarizes_the_finished_episodes(self):
+        """eval_vla.py as a process with two rollout workers (10-15 s on 2 CPU cores)."""
+        out = Path(self.tmp.name) / "stopped"
+        child = subprocess.Popen(
+            [sys.executable, str(SCRIPT), f"ckpt_path={self.ckpt}", "eval.num_episodes=1000", "eval.num_workers=2",
+             "eval.max_timesteps=30", "eval.trajectory_image=false", f"eval.output_dir={out}", "device=cpu"],
+            env=SCRIPT_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        stderr = []
+        first_episode_done = threading.Event()
+
+        def read_stderr():  # the progress bar counts the episodes the evaluation holds, in order
+            for chunk in iter(lambda: child.stderr.read(64), ""):
+                stderr.append(chunk)
+                if re.search(r"\b[1-9]\d*/1000\b", "".join(stderr)):
+                    first_episode_done.set()
+
+        reader = threading.Thread(target=read_stderr)
+        reader.start()
+        try:
+            self.assertTrue(first_episode_done.wait(timeout=240), "".join(stderr))
+            workers = child_pids(child.pid)
+            self.assertGreaterEqual(len(workers), 2)  # the rollout workers (and multiprocessing's resource tracker)
+            child.send_signal(signal.SIGTERM)
+            stdout = child.stdout.read()
+            child.wait(timeout=120)
+        finally:
+            child.kill()
+            reader.join()  # until every process holding the stderr pipe, the resource tracker too, has closed it
+        stderr = "".join(stderr)
+        self.assertEqual(child.returncode, 128 + signal.SIGTERM, stderr[-3000:])
+        summary = json.loads((out / "summary.json").read_text())
+        finished = summary["num_episodes"]
+        self.assertTrue(summary["partial"])
+        self.assertGreaterEqual(finished, 1)
+        self.assertEqual((summary["requested_episodes"], summary["stopped_by"]), (1000, "SIGTERM"))
+        self.assertEqual([e["seed"] for e in summary["episodes"]], list(range(1000, 1000 + finished)))
+        self.assertEqual(summary["success_rate"], summary["successes"] / finished)
+        # Only the files of the summarized episodes remain, whatever the workers were writing when they were ended.
+        expected = sorted(f"trajectory_{i}.npz" for i in range(finished))
+        self.assertEqual(sorted(p.name for p in out.glob("trajectory_*")), expected)
+        self.assertRegex(stdout, rf"PARTIAL\s+stopped by SIGTERM after {finished} of 1000 episodes")
+        deadline = time.monotonic() + 10  # the last of them may still be on its way out
+        while any(map(running, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual([pid for pid in workers if running(pid)], [])
+        self.assertNotIn("leaked semaphore", stderr)
+        self.assertNotIn("Traceback", stderr)
+
+        again, _ = self.evaluate("stopped", [])  # the next evaluation there starts clean
+        self.assertFalse(again["partial"])
+        expected = ["trajectory_0.npz", "trajectory_0.png", "trajectory_1.npz", "trajectory_1.png"]
+        self.assertEqual(sorted(p.name for p in out.glob("trajectory_*")), expected)
 
     def test_eval_settings_are_named_before_the_checkpoint_is_read(self):
         cases = {

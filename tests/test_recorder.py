@@ -2,6 +2,7 @@
 
 import io
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -14,6 +15,7 @@ import numpy as np
 from hydra.core.global_hydra import GlobalHydra
 
 from roboimi.demos.record_sim_episodes import compose_config, main, record_episodes, recorder_settings
+from tests.unwritable_dir import unwritable_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "roboimi" / "demos" / "record_sim_episodes.py"
@@ -123,6 +125,22 @@ class RecorderTest(unittest.TestCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertEqual(result.stderr.strip().splitlines()[-1], "OSError: disk gone")  # the error is the last line
         self.assertNotIn("Exception ignored", result.stderr)
+
+    def test_a_dataset_dir_that_is_a_file_is_named_with_the_fix(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            a_file = Path(tmp) / "demos"
+            a_file.write_text("")
+            path = re.escape(str(a_file))
+            message = (rf"^\[Errno 17\] Cannot write into dataset_dir={path} \({path} is a file\)\. Pass a dataset_dir "
+                       rf"that is a writable directory, or a path where one can be created\.$")
+            with self.assertRaisesRegex(OSError, message):
+                record_episodes("sim_transfer", 1, a_file, camera_names=["top"], progress=False)
+
+    def test_a_dataset_dir_on_a_read_only_file_system_is_named_with_the_fix(self):
+        dataset_dir = unwritable_dir(self) / "demos"
+        message = rf"Cannot write into dataset_dir={re.escape(str(dataset_dir))} \(.+\)\. Pass a dataset_dir that is a"
+        with self.assertRaisesRegex(OSError, message):
+            record_episodes("sim_transfer", 1, dataset_dir, camera_names=["top"], progress=False)
 
     def test_rejects_unknown_compression(self):
         with tempfile.TemporaryDirectory() as tmp, self.assertRaisesRegex(ValueError, "gzip"):

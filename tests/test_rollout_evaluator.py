@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from roboimi.envs import register_task
-from roboimi.evaluation.rollout import evaluate_policy
+from roboimi.evaluation.rollout import NoEpisodeFinished, evaluate_policy
 from roboimi.envs.aloha_tasks import ALOHA_TASKS
 from roboimi.evaluation.media import SHEET_LABEL_WIDTH, SHEET_THUMBNAIL_HW
 from roboimi.envs.scripted_policy import ScriptedDemonstrator
@@ -179,6 +179,15 @@ class EvaluatorTest(unittest.TestCase):
         # Evaluated in eval mode without gradients; the training mode is restored afterwards.
         self.assertEqual(policy.modes_seen, {(False, False)})
         self.assertTrue(policy.training)
+
+    def test_a_stop_before_the_first_episode_finished_writes_no_summary(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            with self.assertRaisesRegex(NoEpisodeFinished, "Stopped before the first episode finished: no summary"):
+                evaluate_policy(
+                    HoldPolicy(), "sim_transfer", 3, max_timesteps=5, camera_names=(), output_dir=tmp, progress=False,
+                    should_stop=lambda: True,
+                )
+            self.assertEqual(list(Path(tmp).iterdir()), [])
 
     def test_unknown_task_and_camera(self):
         with self.assertRaisesRegex(ValueError, "sim_transfer"):

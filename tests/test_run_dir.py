@@ -16,6 +16,7 @@ from roboimi.vla.training.checkpoint import load_checkpoint
 from roboimi.vla.training.run_dir import RunDirLock, checkpoints_newest_first
 from roboimi.vla.training.trainer import Trainer
 from tests.tiny_config import TinyDatasetTestCase, compose_tiny, tiny_overrides
+from tests.unwritable_dir import unwritable_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "roboimi" / "demos" / "vla_scripts" / "train_vla.py"
@@ -79,6 +80,41 @@ class RunDirTest(TinyDatasetTestCase):
         self.assertFalse(stale_export.exists())
         trainer.close()
 
+    def test_resume_drops_the_log_lines_of_the_steps_it_trains_again(self):
+        run_dir = self.run_dir("killed_between_checkpoints")
+        self.train("killed_between_checkpoints", ["train.max_steps=4", "train.save_freq=2"])
+        # kill -9 after step 4 was logged but before its checkpoint, in the middle of the next line of the log.
+        ckpt_dir = run_dir / "checkpoints"
+        (ckpt_dir / "step_4.pt").unlink()
+        os.replace(ckpt_dir / "step_2.pt", ckpt_dir / "last.pt")
+        log = run_dir / "logs.json.txt"
+        with log.open("a") as f:
+            f.write('{"step": 5, "ti')
+        output = io.StringIO()
+        with redirect_stdout(output):
+            trainer = Trainer(compose_tiny("resnet_transformer", self.data_dir, ["train.resume=auto"]), run_dir)
+        self.assertEqual(trainer.global_step, 2)
+        self.assertIn(f"Dropped 3 line(s) of {log} logged after step 2, where this run continues", output.getvalue())
+        self.assertEqual([json.loads(line)["step"] for line in log.read_text().splitlines()], [1, 2])
+        trainer.fit()
+        self.assertEqual([json.loads(line)["step"] for line in log.read_text().splitlines()], [1, 2, 3, 4])
+
+    def test_a_finished_run_continued_does_nothing_and_touches_no_file(self):
+        run_dir = self.run_dir("finished")
+        self.train("finished", ["train.max_steps=2"])
+        # The lock file is rewritten with its holder's pid by every process that takes it.
+        files = sorted(path for path in run_dir.rglob("*") if path.name != ".run.lock")
+        before = [(path, path.stat().st_mtime_ns) for path in files]
+        output = io.StringIO()
+        with redirect_stdout(output):
+            self.train("finished", ["train.max_steps=2", "train.resume=auto"])
+        self.assertIn(f"{run_dir}: already trained to step 2: nothing to do", output.getvalue())
+        self.assertNotIn("Training done", output.getvalue())
+        self.assertEqual([(path, path.stat().st_mtime_ns) for path in files], before)
+        self.assertEqual(sorted(path for path in run_dir.rglob("*") if path.name != ".run.lock"), files)
+        self.train("finished", ["train.max_steps=3", "train.resume=auto"])  # more steps asked for: the run continues
+        self.assertEqual(load_checkpoint(run_dir / "policy.pt")["global_step"], 3)
+
     def test_keep_last_deletes_the_oldest_step_files(self):
         self.train("retention", ["train.max_steps=8", "train.save_freq=1", "train.keep_last=3"])
         names = sorted(p.name for p in (self.run_dir("retention") / "checkpoints").iterdir())
@@ -102,6 +138,18 @@ class RunDirTest(TinyDatasetTestCase):
                 with self.assertRaisesRegex(ValueError, message):
                     Trainer(compose_tiny("resnet_transformer", self.data_dir, [override]), run_dir)
                 self.assertFalse(run_dir.exists(), "work started before the settings were checked")
+
+    def test_an_unknown_key_on_the_command_line_is_named_before_hydra_runs(self):
+        run_dir = self.run_dir("typo")
+        child = start_training(run_dir, ["train.max_stepz=3"])
+        output, _ = child.communicate(timeout=120)
+        self.assertEqual(child.returncode, 1, output)
+        self.assertRegex(
+            output.strip().splitlines()[-1],
+            r"^Unknown train\.\* key\(s\) \['train\.max_stepz'\]; valid keys: device, val_split, .*max_steps, ",
+        )
+        self.assertNotIn("+train.max_stepz", output)  # Hydra's advice, which would add the typo as a new key
+        self.assertFalse(run_dir.exists())
 
     def test_head_starts_from_a_roboimi_checkpoint(self):
         source = Trainer(compose_tiny("resnet_imf_attnres", self.data_dir, ["train.max_steps=2"]), self.run_dir("source"))
@@ -199,3 +247,14 @@ class UnwritableRunDirTest(TinyDatasetTestCase):
         for run_dir in cases:
             with self.subTest(run_dir=run_dir), self.assertRaisesRegex(OSError, rf"Cannot write into {run_dir}.*hydra\.run\.dir"):
                 Trainer(compose_tiny("resnet_transformer", self.data_dir), run_dir)
+
+    def test_a_run_dir_on_a_read_only_file_system_ends_the_command_with_the_setting_and_the_fix(self):
+        run_dir = unwritable_dir(self) / "run"
+        child = start_training(run_dir, tiny_overrides("resnet_transformer", self.data_dir))
+        output, _ = child.communicate(timeout=120)
+        self.assertEqual(child.returncode, 1, output)
+        self.assertRegex(
+            output.strip().splitlines()[-1],
+            rf"^Cannot write into hydra\.run\.dir={run_dir} \(.+\)\. Pass a hydra\.run\.dir that is a writable",
+        )
+        self.assertNotIn("Traceback", output)

@@ -40,10 +40,13 @@ class SweepTest(TinyDatasetTestCase):
         self.assertTrue(all((run / "policy.pt").is_file() for run in runs))
         self.assertIn("1 torch thread(s)", first.stdout)  # each parallel job trains on one thread
 
+        exported = [(run / "policy.pt").stat().st_mtime_ns for run in runs]
         again = train_sweep(self.sweep_overrides(sweep_dir))  # a continued sweep: nothing left to train
         self.assertEqual(again.returncode, 0, again.stderr[-2000:])
         self.assertEqual(again.stdout.count("Resumed from"), 2)
+        self.assertEqual(again.stdout.count("already trained to step 4: nothing to do"), 2)
         self.assertNotIn("from scratch", again.stdout)
+        self.assertEqual([(run / "policy.pt").stat().st_mtime_ns for run in runs], exported)  # not exported again
 
         eval_args = ["eval.num_episodes=2", "eval.max_timesteps=5", "eval.trajectory_image=false"]
         result = eval_sweep.main([f"sweep_dir={sweep_dir}", *eval_args])

@@ -14,6 +14,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from roboimi.demos.vla_scripts import train_vla
 from roboimi.vla.training.trainer import Trainer
 from roboimi.vla.training.checkpoint import load_checkpoint, save_checkpoint
 from tests.tiny_config import CONFIG_DIR, TinyDatasetTestCase, compose_tiny
@@ -185,7 +186,7 @@ class TrainVLATest(TinyDatasetTestCase):
 
     def test_batch_larger_than_the_dataset_is_a_clear_error(self):
         cfg = compose_tiny("resnet_transformer", self.data_dir, ["train.batch_size=1000"])
-        with self.assertRaisesRegex(ValueError, r"train\.batch_size=1000 is larger than the 26 samples"):
+        with self.assertRaisesRegex(ValueError, r"train\.batch_size=1000 is larger than the 26 training samples"):
             Trainer(cfg, self.run_dir("big_batch"))
 
     def test_cuda_request_without_cuda_is_a_clear_error(self):
@@ -194,6 +195,50 @@ class TrainVLATest(TinyDatasetTestCase):
         cfg = compose_tiny("resnet_transformer", self.data_dir, ["train.device=cuda"])
         with self.assertRaisesRegex(RuntimeError, r"CUDA is not available.*train\.device=cpu"):
             Trainer(cfg, self.run_dir("cuda"))
+
+
+class ValidationSplitTest(TinyDatasetTestCase):
+    EPISODE_LENGTHS = (12, 12, 12, 12)  # train.val_split=0.25: 36 training samples, 12 validation samples
+
+    def test_a_batch_larger_than_the_validation_split_validates_on_all_its_samples(self):
+        run_dir = Path(self.tmp.name) / "small_val"
+        extra = ["train.val_split=0.25", "train.batch_size=20", "train.max_steps=2"]
+        trainer = Trainer(compose_tiny("resnet_transformer", self.data_dir, extra), run_dir)
+        self.assertEqual((len(trainer.bundle.train), len(trainer.bundle.val)), (36, 12))
+        self.assertEqual([len(batch) for batch in trainer.val_loader.batch_sampler], [12])
+        trainer.fit()
+        records = [json.loads(line) for line in (run_dir / "logs.json.txt").read_text().splitlines()]
+        self.assertEqual([r["step"] for r in records if "val/loss" in r], [1])  # epoch 0 is one batch of 20
+
+    def test_a_batch_larger_than_the_training_split_names_it(self):
+        cfg = compose_tiny("resnet_transformer", self.data_dir, ["train.val_split=0.25", "train.batch_size=40"])
+        with self.assertRaisesRegex(ValueError, r"train\.batch_size=40 is larger than the 36 training samples per"):
+            Trainer(cfg, Path(self.tmp.name) / "big_batch")
+
+
+class CommandLineTest(unittest.TestCase):
+    """train_vla.py checks its command line before Hydra composes (test_run_dir runs it as a process)."""
+
+    def test_keys_of_the_groups_the_command_line_selects_are_checked(self):
+        cases = {
+            ("eval.num_episode=3",): r"Unknown eval\.\* key\(s\) \['eval\.num_episode'\]; valid keys: task, num_",
+            ("agent.head.n_embd=64",): r"Unknown key\(s\) \['agent\.head\.n_embd'\] in the config this command line "
+                                       r"composes; for agent\.head\.n_embd, the closest keys are agent\.head\.n_emb,",
+            # n_kv_head is a key of the IMF head only; each agent of a sweep (-m) is checked.
+            ("agent=resnet_transformer", "agent.head.n_kv_head=2"): r"composes \(agent=resnet_transformer\)",
+            ("agent=resnet_imf_attnres,resnet_transformer", "agent.head.n_kv_head=2"): r"\(agent=resnet_transformer\)",
+            ("data.datset_dir=x",): r"the closest keys are data\.dataset_dir\.",
+            ("agent.head.xyz=2",): r"the keys under agent\.head are agent\.head\.n_layer, agent\.head\.n_head, ",
+        }
+        for overrides, message in cases.items():
+            with self.subTest(overrides=overrides), self.assertRaisesRegex(SystemExit, message):
+                train_vla.check_overrides(overrides)
+        valid = [
+            "experiment=top_transfer_imf", "agent.head.n_kv_head=2", "agent=resnet_imf_attnres,resnet_imf_attnres",
+            "data.camera_names.0=top", "train.seed=0,1", "+train.extra=1", "++agent.extra=1", "~train.lr",
+            "hydra.run.dir=x", "hydra/launcher=joblib", "eval.num_episodes=3",
+        ]
+        self.assertIsNone(train_vla.check_overrides(valid))
 
 
 class AtomicCheckpointTest(unittest.TestCase):

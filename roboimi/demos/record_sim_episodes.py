@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 from roboimi.envs.scripted_policy import Demonstration, ScriptedDemonstrator  # noqa: E402  (sets MUJOCO_GL)
 from gym_aloha.constants import FPS  # noqa: E402
-from roboimi.atomic_file import remove_stale_temp_files  # noqa: E402
+from roboimi.atomic_file import create_dir, remove_stale_temp_files  # noqa: E402
 from roboimi.vla import CONFIG_DIR  # noqa: E402
 from roboimi.vla.data.episode_files import COMPRESSIONS, EPISODE_PATTERN, write_episode_file  # noqa: E402
 from roboimi.vla.experiments import recording_settings  # noqa: E402
@@ -175,8 +175,7 @@ def record_episodes(
         raise ValueError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}.")
     if num_episodes < 0:
         raise ValueError(f"num_episodes must be >= 0, got {num_episodes}.")
-    dataset_dir = Path(dataset_dir)
-    dataset_dir.mkdir(parents=True, exist_ok=True)
+    dataset_dir = create_dir(dataset_dir, "dataset_dir")
     requested = {
         "task": task,
         "camera_names": sorted(camera_names),

@@ -2,7 +2,7 @@
 
 Used by training-time rollout validation and by eval_vla.py, so both score policies the same way.
 """
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -55,10 +55,11 @@ class AgentPolicy:
 
 
 def evaluate_agent(
-    agent: nn.Module, cfg, *, num_episodes: int, seed: int, output_dir, record_video: bool, progress: bool = True
+    agent: nn.Module, cfg, *, num_episodes: int, seed: int, output_dir, record_video: bool, progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict:
     """Run `num_episodes` episodes of `cfg.eval.task` (episode i with seed `seed + i`) in `cfg.eval.num_workers`
-    processes.
+    processes, until `should_stop()` (see evaluate_policy).
 
     Returns the evaluator's summary dict; the evaluator restores the agent's train/eval mode and empties its queues.
     """
@@ -84,4 +85,5 @@ def evaluate_agent(
         trajectory_camera=cfg.eval.trajectory_camera,
         progress=progress,
         num_workers=cfg.eval.num_workers,
+        should_stop=should_stop,
     )

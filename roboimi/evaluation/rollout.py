@@ -4,14 +4,18 @@ A policy exposes `reset()` and `select_action(obs) -> (action_dim,)` (numpy arra
 obs = {"qpos": (S,), "qvel": (S,), "env_state": (E,), "images": {cam: (H, W, 3) uint8}}. It may report
 its own preprocessing time per call in `policy.last_preprocess_ms`; that part is then split out of
 `inference_ms`.
+
+An evaluation can be stopped (`should_stop`): the episodes running then are abandoned, their workers ended at once,
+and the summary covers the episodes finished before them, marked partial.
 """
 
 import json
 import multiprocessing
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +26,7 @@ from roboimi.envs.registry import make_env
 from roboimi.envs.sim_env import InvalidActionError, SimulationDivergedError, check_action
 from roboimi.evaluation import media
 from roboimi.evaluation.success_stats import wilson_interval
+from roboimi.vla.training.graceful_stop import ignore_stop_signals
 from roboimi.worker_process import die_with_parent
 
 TIMING_KEYS = ("obs_read_ms", "preprocess_ms", "inference_ms", "env_step_ms", "loop_total_ms")
@@ -29,6 +34,16 @@ EPISODE_KEYS = ("seed", "return", "max_reward", "success", "steps", "aborted")
 SHEET_FRAMES = 6  # frames per episode on the contact sheet
 # What an evaluation writes into its output dir; a new evaluation there first deletes an earlier one's.
 EVALUATION_OUTPUTS = ("summary.json", "contact_sheet.png", "trajectory_*.npz", "trajectory_*.png", "episode_*.gif", "episode_*.mp4")
+EPISODE_ARTIFACT = re.compile(r"(?:trajectory|episode)_(\d+)\.\w+")
+STOP_POLL_S = 0.2  # how often the process waiting on its rollout workers checks whether to stop
+
+
+class NoEpisodeFinished(RuntimeError):
+    """The evaluation was stopped before its first episode finished: there is nothing to summarize."""
+
+
+def _never() -> bool:
+    return False
 
 
 def clear_evaluation_outputs(out: Path) -> list[Path]:
@@ -49,8 +64,11 @@ def _mean(values) -> float:
     return float(np.mean(values)) if len(values) else 0.0
 
 
-def _run_episode(env, policy, seed: int, max_timesteps: int, frame_camera, frame_size, frame_steps=None) -> dict:
-    """Roll out one episode; returns its record, including per-step timings, EE path, actions, rewards and frames.
+def _run_episode(
+    env, policy, seed: int, max_timesteps: int, frame_camera, frame_size, frame_steps=None, should_stop=_never
+) -> dict | None:
+    """Roll out one episode; returns its record, including per-step timings, EE path, actions, rewards and frames,
+    or None when `should_stop()` turns true before its last step.
 
     Frames are rendered for people by `frame_camera` (None: no frames) at `frame_size`, apart from the policy's own
     camera images: after the reset and every step, or only at the step numbers in `frame_steps`.
@@ -74,6 +92,8 @@ def _run_episode(env, policy, seed: int, max_timesteps: int, frame_camera, frame
     # Envs that render inside reset/step report that time as `last_observe_ms`; it is split out of the step.
     obs_ms = getattr(env, "last_observe_ms", 0.0)
     for _ in range(max_timesteps):
+        if should_stop():
+            return None
         policy_start = time.perf_counter()
         action = policy.select_action(obs)
         policy_ms = (time.perf_counter() - policy_start) * 1e3
@@ -134,6 +154,7 @@ class _EpisodeRunner:
         self.max_timesteps = self.env.episode_len if max_timesteps is None else int(max_timesteps)
         for camera, wanted in ((video_camera, record_video), (trajectory_camera, trajectory_image and out)):
             if wanted and camera not in self.env.available_cameras:
+                self.close()  # else its renderer's GL context reports its own error at interpreter exit, after this one
                 raise ValueError(
                     f"Unknown camera {camera!r}; available cameras: {', '.join(self.env.available_cameras)}."
                 )
@@ -144,12 +165,18 @@ class _EpisodeRunner:
         self.trajectory_image = trajectory_image
         self.trajectory_camera = trajectory_camera
 
-    def __call__(self, i: int) -> dict:
-        """Episode i's record (EPISODE_KEYS + timings + artifact paths); frames stay in this process."""
+    def __call__(self, i: int, should_stop: Callable[[], bool] = _never) -> dict | None:
+        """Episode i's record (EPISODE_KEYS + timings + artifact paths), or None when `should_stop()` turned true
+        during it; frames stay in this process."""
         # The policy's sampling noise is seeded per episode, so episode i acts the same whichever process runs it.
         with torch.random.fork_rng(), torch.no_grad():
             torch.manual_seed(self.seed + i)
-            record = _run_episode(self.env, self.policy, self.seed + i, self.max_timesteps, *self._frames_to_render(i))
+            record = _run_episode(
+                self.env, self.policy, self.seed + i, self.max_timesteps, *self._frames_to_render(i),
+                should_stop=should_stop,
+            )
+        if record is None:
+            return None
         artifacts = {"trajectory_data": [], "trajectory_images": [], "videos": [], "thumbnails": []}
         if self.out is not None:
             self._write_artifacts(i, record, artifacts)
@@ -216,37 +243,79 @@ class _EpisodeRunner:
 
 
 _worker_runner: _EpisodeRunner | None = None  # the env and policy of a rollout worker process
+_worker_setup_error: Exception | None = None  # why the worker could not build them
 
 
 def _init_worker(runner_kwargs: dict, torch_threads: int):
-    global _worker_runner
+    global _worker_runner, _worker_setup_error
     die_with_parent()
+    ignore_stop_signals()  # a Ctrl-C reaches the whole process group; the parent ends its workers when it stops
     torch.set_num_threads(torch_threads)
-    _worker_runner = _EpisodeRunner(**runner_kwargs)
+    try:
+        _worker_runner = _EpisodeRunner(**runner_kwargs)
+    except Exception as error:
+        # Raised here it would only break the pool; raised by the first episode it reaches the caller as itself.
+        _worker_setup_error = error
 
 
 def _run_in_worker(i: int) -> dict:
+    if _worker_setup_error is not None:
+        raise _worker_setup_error
     return _worker_runner(i)
 
 
-def _episode_records(runner_kwargs: dict, num_episodes: int, num_workers: int):
-    """Yield the records of episodes 0..num_episodes-1 in order, from this process or from `num_workers`."""
+def _episode_records(runner_kwargs: dict, num_episodes: int, num_workers: int, should_stop: Callable[[], bool]):
+    """Yield the records of episodes 0..num_episodes-1 in order, from this process or from `num_workers`, until
+    `should_stop()` turns true (checked every env step in this process, every STOP_POLL_S with workers)."""
     if num_workers <= 1:
         runner = _EpisodeRunner(**runner_kwargs)
         try:
-            yield from map(runner, range(num_episodes))
+            for i in range(num_episodes):
+                record = runner(i, should_stop)
+                if record is None:
+                    return
+                yield record
         finally:
             runner.close()
         return
     # spawn: a forked child would inherit the parent's GL context and torch thread pool, neither fork-safe.
     threads = max(1, torch.get_num_threads() // num_workers)
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=num_workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
         initargs=(runner_kwargs, threads),
-    ) as pool:
-        yield from pool.map(_run_in_worker, range(num_episodes))
+    )
+    futures = [pool.submit(_run_in_worker, i) for i in range(num_episodes)]
+    completed = False
+    try:
+        for future in futures:
+            while True:
+                if should_stop():
+                    return
+                try:
+                    record = future.result(timeout=STOP_POLL_S)
+                    break
+                except TimeoutError:
+                    pass
+            yield record
+        completed = True
+    finally:
+        if not completed:
+            # Stopped, or an error: the running episodes are of no use, and a worker would finish its episode before
+            # leaving. ProcessPoolExecutor has no public way to end its workers before Python 3.14.
+            for process in list(pool._processes.values()):
+                process.kill()
+        pool.shutdown(cancel_futures=True)
+
+
+def _remove_abandoned_artifacts(out: Path, finished: int) -> None:
+    """Delete the files of the episodes after the first `finished` (a worker wrote them ahead of the order, or was
+    ended while writing them), so that a stopped evaluation's output dir holds what its summary covers."""
+    for path in out.iterdir():
+        match = EPISODE_ARTIFACT.fullmatch(path.name)
+        if match and int(match.group(1)) >= finished:
+            path.unlink()
 
 
 def evaluate_policy(
@@ -267,6 +336,7 @@ def evaluate_policy(
     trajectory_camera: str = "front",
     progress: bool = True,
     num_workers: int = 1,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict:
     """Roll `policy` out for `num_episodes` episodes of `task` (episode i uses seed `seed + i`).
 
@@ -278,11 +348,16 @@ def evaluate_policy(
     (summary.json, trajectory_<i>.npz/.png, and with `record_video` episode_<i>.gif/.mp4 for the first
     `video_episodes` episodes (None: all) plus contact_sheet.png with a frame strip of every episode).
     Videos and trajectory images are rendered at `video_size` (H, W) for people; the policy's cameras keep theirs.
+
+    `should_stop`: polled while the episodes run; once it is true, the running episodes are abandoned and the summary
+    covers the k episodes finished before them (those of a run with num_episodes=k), with "partial": true and
+    "requested_episodes"; NoEpisodeFinished when k = 0.
     """
     if num_episodes < 1:
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}.")
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}.")
+    should_stop = should_stop or _never
     out = Path(output_dir) if output_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -310,7 +385,7 @@ def evaluate_policy(
     artifacts = {"trajectory_data": [], "trajectory_images": [], "videos": [], "thumbnails": []}
     bar = tqdm(total=num_episodes, desc=f"rollout {task}", unit="ep", disable=not progress)
     try:
-        for record in _episode_records(runner_kwargs, num_episodes, min(num_workers, num_episodes)):
+        for record in _episode_records(runner_kwargs, num_episodes, min(num_workers, num_episodes), should_stop):
             for key in TIMING_KEYS:
                 timings[key].extend(record["timings"][key])
             for key, paths in record["artifacts"].items():
@@ -324,17 +399,24 @@ def evaluate_policy(
             policy.train(was_training)
         policy.reset()
 
+    finished = len(episodes)
+    if out is not None and finished < num_episodes:
+        _remove_abandoned_artifacts(out, finished)
+    if not finished:
+        raise NoEpisodeFinished(f"Stopped before the first episode finished: no summary{f' in {out}' if out else ''}.")
     successes = sum(e["success"] for e in episodes)
     stages = range(1, int(record["task_max_reward"]) + 1)
     summary = {
         "task": task,
-        "num_episodes": num_episodes,
+        "num_episodes": finished,
+        "requested_episodes": num_episodes,
+        "partial": finished < num_episodes,  # stopped: the first `finished` episodes only
         "seed": seed,
         "max_timesteps": record["max_timesteps"],
         "num_workers": num_workers,
         "successes": successes,
-        "success_rate": successes / num_episodes,
-        "success_interval": list(wilson_interval(successes, num_episodes)),  # 95 %
+        "success_rate": successes / finished,
+        "success_interval": list(wilson_interval(successes, finished)),  # 95 %
         # stage_counts[s - 1]: episodes whose reward reached s (the task's stages: touch, lift, ...)
         "stage_counts": [sum(e["max_reward"] >= stage for e in episodes) for stage in stages],
         "mean_return": _mean([e["return"] for e in episodes]),

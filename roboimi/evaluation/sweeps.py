@@ -131,8 +131,8 @@ def evaluate_sweep(sweep_dir: Path, weights: str, eval_overrides: Sequence[str],
             continue
         out = run / label
         summary_path = out / "summary.json"
-        if summary_path.is_file():
-            summary = json.loads(summary_path.read_text())
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        if summary and not summary.get("partial"):  # a stopped evaluation is scored again
             print(f"{run.name}: scored already ({summary_path})")
         else:
             # Quoted: run dir names may hold characters the override grammar reads (=, ',').

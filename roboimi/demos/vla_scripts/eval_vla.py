@@ -9,9 +9,12 @@ dir). The agent is rebuilt from the checkpoint alone (config, weights, normaliza
 (`agent.inference_steps`, `agent.num_action_steps`, `agent.temporal_ensemble_coeff`) is stored and can be set here.
 Rollouts act with the EMA weights when the checkpoint has them; `eval.use_ema=false` evaluates the trained weights.
 Writes <output_dir>/summary.json (success_rate, mean_return, num_episodes, mean_inference_ms, weights, per-episode
-entries).
+entries). Ctrl-C or SIGTERM ends the rollouts at once, writes the summary of the episodes finished by then (marked
+"partial") and exits with 128 + the signal number.
 """
 import json
+import signal
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -26,7 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from roboimi.vla import CONFIG_DIR
 from roboimi.vla.training.checkpoint import build_agent_from_checkpoint, load_checkpoint, weight_selection
 from roboimi.evaluation.agent_policy import evaluate_agent, policy_name
+from roboimi.evaluation.rollout import NoEpisodeFinished
 from roboimi.vla.training.experiment_logger import ExperimentLogger
+from roboimi.vla.training.graceful_stop import GracefulStop
 from roboimi.vla.fast_paths import apply_eval_fast_paths
 from roboimi.vla.training.run_dir import RunDirLock
 from roboimi.vla.training.runtime import resolve_device
@@ -113,23 +118,32 @@ def evaluate_checkpoint(cfg: DictConfig, overrides: Sequence[str]) -> dict:
     agent.eval()  # the fast paths fold frozen statistics; the evaluator acts in eval mode anyway
     apply_eval_fast_paths(agent, cfg.eval)
     lock = RunDirLock(output_dir, holder="another evaluation", fix="Wait for it, or pass another eval.output_dir.")
+    stop = GracefulStop("ending the rollouts and writing the summary of the finished episodes (send it again to stop "
+                        "at once, without one)")
     try:
-        summary = evaluate_agent(
-            agent, cfg, num_episodes=cfg.eval.num_episodes, seed=cfg.eval.seed, output_dir=output_dir,
-            record_video=cfg.eval.record_video,
-        )
+        with stop:
+            summary = evaluate_agent(
+                agent, cfg, num_episodes=cfg.eval.num_episodes, seed=cfg.eval.seed, output_dir=output_dir,
+                record_video=cfg.eval.record_video, should_stop=lambda: stop.requested,
+            )
         summary.update(
             checkpoint=str(ckpt_path), global_step=checkpoint["global_step"], weights=weights,
             experiment=cfg.get("recipe", {}).get("name"), training_seed=cfg.train.seed, policy=policy_name(cfg.agent),
             selection=selection,
             selection_overlap=len(scored_selection_seeds(summary, selection)),
+            stopped_by=signal.Signals(stop.signum).name if stop.requested else None,
         )
         (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        if cfg.eval.swanlab:
+        if cfg.eval.swanlab and not summary["partial"]:  # a partial score would stand beside complete ones unmarked
             log_to_swanlab(summary, cfg, ckpt_path)
+    except NoEpisodeFinished as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(128 + stop.signum) from None
     finally:
         lock.release()
     print(report(summary, cfg))
+    if stop.requested:
+        raise SystemExit(128 + stop.signum)
     return summary
 
 
@@ -184,6 +198,12 @@ def report(summary: dict, cfg) -> str:
         rows.append(("videos", f"{len(summary['videos']) // 2} episodes, e.g. {summary['videos'][0]}"))
     if summary.get("contact_sheet"):
         rows.append(("contact sheet", summary["contact_sheet"]))
+    if summary["partial"]:
+        rows.append((
+            "PARTIAL",
+            f"stopped by {summary['stopped_by']} after {len(episodes)} of {summary['requested_episodes']} episodes: "
+            f"the success rate is over the {len(episodes)} finished ones (those of eval.num_episodes={len(episodes)}).",
+        ))
     if overlap:
         rows.append((
             "WARNING",

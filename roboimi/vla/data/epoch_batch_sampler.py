@@ -9,16 +9,22 @@ class EpochBatchSampler(Sampler[list[int]]):
     never touches the global RNG. `set_epoch(epoch, skip_batches)` skips the batches a checkpoint already consumed.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, num_samples: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
+        split: str = "training", fit_batch: bool = False,
+    ):
+        """`split` names the samples in errors; `fit_batch`: batches of at most the samples per process, where
+        `batch_size` would leave no batch (every batch is full, so a larger one would drop every sample)."""
         self.sampler = DistributedSampler(
             range(num_samples), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
-        self.batch_size = batch_size
+        self.batch_size = max(min(batch_size, len(self.sampler)), 1) if fit_batch else batch_size
         self.skip_batches = 0
         if self.batches_per_epoch == 0:
             raise ValueError(
-                f"train.batch_size={batch_size} is larger than the {len(self.sampler)} samples per process "
-                f"({num_samples} samples over {world_size} process(es)). Lower train.batch_size or add episodes."
+                f"train.batch_size={batch_size} is larger than the {len(self.sampler)} {split} samples per process "
+                f"({num_samples} {split} samples over {world_size} process(es)). Lower train.batch_size or add "
+                f"episodes."
             )
 
     @property

@@ -3,13 +3,23 @@
 A logging failure warns and never stops training. An inactive logger (non-zero ranks under torchrun) does nothing.
 """
 import json
+import math
 import time
 import warnings
 from pathlib import Path
 
+from roboimi.atomic_file import atomic_write_path
 from roboimi.vla.training.settings import flatten_config
 
 SWANLAB_MODES = ("disabled", "offline", "local", "cloud")
+
+
+def _logged_step(line: str) -> float:
+    """The step of a line of the JSON-lines file; inf for a line that a kill cut short."""
+    try:
+        return json.loads(line)["step"] if line.endswith("\n") else math.inf
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 class ExperimentLogger:
@@ -48,6 +58,21 @@ class ExperimentLogger:
 
     def _warn(self, what: str, exc: Exception) -> None:
         warnings.warn(f"SwanLab {what} failed ({exc!r}); training continues, scalars still go to {self.jsonl_path}.")
+
+    def drop_records_after(self, step: int) -> int:
+        """Delete the lines of the JSON-lines file logged after `step`, and a line a kill cut short; returns how many.
+
+        A run continued from its step-`step` checkpoint trains the later steps again and logs them anew: without
+        this, a run killed between two checkpoints would hold those steps twice. SwanLab's own log only appends.
+        """
+        if not self.active or not self.jsonl_path.is_file():
+            return 0
+        lines = self.jsonl_path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _logged_step(line) <= step]
+        if len(kept) < len(lines):
+            with atomic_write_path(self.jsonl_path) as tmp_path:
+                tmp_path.write_text("".join(kept))
+        return len(lines) - len(kept)
 
     def log_scalars(self, scalars: dict, step: int) -> None:
         if not self.active:

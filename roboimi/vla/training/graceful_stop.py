@@ -1,4 +1,5 @@
-"""Stop a training loop at a step boundary on SIGINT (Ctrl-C) or SIGTERM, so the run can checkpoint and resume."""
+"""Stop a training loop at a step boundary on SIGINT (Ctrl-C) or SIGTERM, so the run can checkpoint and resume (and
+an evaluation, so it can summarize the episodes it finished)."""
 import signal
 import sys
 import threading
@@ -14,13 +15,17 @@ def ignore_stop_signals(_worker_id: int = 0) -> None:
 
 
 class GracefulStop:
-    """While active, the first SIGINT / SIGTERM only sets `signum`; the loop checks it between steps. A second one
-    restores the default handlers and stops at once (KeyboardInterrupt for SIGINT, the default action for SIGTERM).
+    """While active, the first SIGINT / SIGTERM only sets `signum` and prints `plan`, what the loop will do about it;
+    the loop checks it (the trainer between steps, an evaluation while its episodes run). A second one restores the
+    default handlers and stops at once (KeyboardInterrupt for SIGINT, the default action for SIGTERM).
 
     Outside the main thread (where Python cannot install handlers) it does nothing.
     """
 
-    def __init__(self):
+    def __init__(
+        self, plan: str = "stopping after this step with a checkpoint (send it again to stop at once, without one)"
+    ):
+        self.plan = plan
         self.signum = None
         self._previous = {}
 
@@ -40,12 +45,7 @@ class GracefulStop:
             signal.raise_signal(signum)
             return
         self.signum = signum
-        print(
-            f"\nReceived {signal.Signals(signum).name}: stopping after this step with a checkpoint "
-            f"(send it again to stop at once, without one).",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"\nReceived {signal.Signals(signum).name}: {self.plan}.", file=sys.stderr, flush=True)
 
     @property
     def requested(self) -> bool:

@@ -10,6 +10,12 @@ import re
 import shutil
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from roboimi.atomic_file import create_dir
+
 STEP_CHECKPOINT = re.compile(r"step_(\d+)\.pt")
 LOCK_FILE = ".run.lock"
 
@@ -51,6 +57,28 @@ class RunDirLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+class CreateRunDir(Callback):
+    """Hydra callback of train_vla.py (conf/config.yaml): creates hydra.run.dir, or hydra.sweep.dir under -m, before
+    Hydra does, so that a directory that cannot be created ends the command with one line naming the setting and the
+    fix rather than Hydra's traceback of a bare OSError."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._create(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._create(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _create(config: DictConfig, setting: str) -> None:
+        # The dir's ${hydra:runtime.choices.agent} reads this; Hydra sets the same config before creating the dir.
+        HydraConfig.instance().set_config(config)
+        try:
+            create_dir(OmegaConf.select(config, setting), setting)
+        except OSError as error:
+            # An exception would reach the user as Hydra's traceback of this callback.
+            raise SystemExit(error.strerror) from None
 
 
 def step_checkpoints(ckpt_dir: Path) -> list[Path]:

@@ -24,12 +24,21 @@ def _is_int(value) -> bool:
 GROUP_DEFAULTS = {"train": CONFIG_DIR / "train" / "default.yaml", "eval": CONFIG_DIR / "eval" / "eval.yaml"}
 
 
+def group_keys(group: str) -> list[str]:
+    """The keys of the train or eval group, in the order of GROUP_DEFAULTS[group]."""
+    return list(OmegaConf.load(GROUP_DEFAULTS[group]))
+
+
+def unknown_keys_message(group: str, unknown: list[str]) -> str:
+    named = [f"{group}.{key}" for key in unknown]
+    return f"Unknown {group}.* key(s) {named}; valid keys: {', '.join(group_keys(group))}."
+
+
 def require_known_keys(section: DictConfig, group: str) -> None:
     """Refuse keys that GROUP_DEFAULTS[group] does not define (a `+train.max_stepz=3` typo would be silently ignored)."""
-    known = list(OmegaConf.load(GROUP_DEFAULTS[group]))
-    unknown = sorted(set(section) - set(known))
+    unknown = sorted(set(section) - set(group_keys(group)))
     if unknown:
-        raise ValueError(f"Unknown {group}.* key(s) {[f'{group}.{key}' for key in unknown]}; valid keys: {', '.join(known)}.")
+        raise ValueError(unknown_keys_message(group, unknown))
 
 
 def validate_train_settings(cfg: DictConfig) -> None:

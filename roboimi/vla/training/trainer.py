@@ -43,9 +43,14 @@ from roboimi.vla.training.runtime import seed_everything
 from roboimi.vla.training.settings import validate_train_settings
 
 
-def make_loader(dataset, cfg, dist_ctx, shuffle_seed: int) -> tuple[DataLoader, EpochBatchSampler]:
+def make_loader(
+    dataset, cfg, dist_ctx, shuffle_seed: int, split: str = "training"
+) -> tuple[DataLoader, EpochBatchSampler]:
+    """Batches of train.batch_size samples; the validation split's batches hold at most its samples per process (its
+    loss is a mean over batches, so a smaller batch serves where the training batch would leave none)."""
     batch_sampler = EpochBatchSampler(
-        len(dataset), cfg.train.batch_size, seed=shuffle_seed, rank=dist_ctx.rank, world_size=dist_ctx.world_size
+        len(dataset), cfg.train.batch_size, seed=shuffle_seed, rank=dist_ctx.rank, world_size=dist_ctx.world_size,
+        split=split, fit_batch=split == "validation",
     )
     workers = cfg.train.num_workers
     loader = DataLoader(
@@ -148,13 +153,17 @@ class Trainer:
     """The optimisation loop with its checkpoint, logging and validation events.
 
     Settings are checked before anything else; then the run dir is locked for the Trainer's lifetime (released
-    by `fit` or `close`), so a second process on the same run dir stops at once. Under torchrun every rank runs this loop on its shard of each epoch (global batch = train.batch_size x world
-    size); rank 0 alone logs, writes checkpoints and runs rollouts, and the other ranks wait at a barrier.
+    by `fit` or `close`), so a second process on the same run dir stops at once. A run continued at train.max_steps
+    whose policy.pt holds that step's weights does nothing and touches none of its files (a continued sweep's
+    finished jobs). Under torchrun every rank runs this loop on its shard of each epoch (global batch =
+    train.batch_size x world size); rank 0 alone logs, writes checkpoints and runs rollouts, and the other ranks wait
+    at a barrier.
     """
 
     def __init__(self, cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None):
         """`overrides`: the command line's `key=value` list, written with the config to <run_dir>/.hydra/ once the
-        run dir is locked (so a refused second run changes nothing there)."""
+        run dir is locked (so a refused second run changes nothing there) and the checkpoint to continue from is
+        read (so a finished run's is left as it was)."""
         validate_train_settings(cfg)
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -163,9 +172,7 @@ class Trainer:
         self.device = self.dist.device
         self.lock = RunDirLock(self.run_dir) if self.dist.is_main else None
         try:
-            if self.dist.is_main:
-                self._write_run_config(cfg, overrides or [])
-            self._build(cfg)
+            self._build(cfg, overrides or [])
         except BaseException:
             self.close()
             raise
@@ -175,13 +182,14 @@ class Trainer:
         if self.lock is not None:
             self.lock.release()
 
-    def _write_run_config(self, cfg: DictConfig, overrides: list[str]) -> None:
+    def _write_run_config(self, config_yaml: str, overrides: list[str]) -> None:
         """<run_dir>/.hydra/config.yaml and overrides.yaml, what Hydra would write, but after the lock."""
-        for name, content in (("config.yaml", OmegaConf.to_yaml(cfg)), ("overrides.yaml", OmegaConf.to_yaml(list(overrides)))):
+        for name, content in (("config.yaml", config_yaml), ("overrides.yaml", OmegaConf.to_yaml(list(overrides)))):
             with atomic_write_path(self.run_dir / ".hydra" / name) as tmp_path:
                 tmp_path.write_text(content)
 
-    def _build(self, cfg: DictConfig) -> None:
+    def _build(self, cfg: DictConfig, overrides: list[str]) -> None:
+        config_yaml = OmegaConf.to_yaml(cfg)  # as composed, before the data fills in its dims
         resume_paths = resume_candidates(cfg.train, self.ckpt_dir)
         if self.dist.is_main:
             if cfg.train.overwrite and not resume_paths:
@@ -206,7 +214,7 @@ class Trainer:
         self.train_loader, self.batch_sampler = make_loader(self.bundle.train, cfg, self.dist, cfg.train.seed)
         self.val_loader = None
         if self.bundle.val is not None:
-            self.val_loader, _ = make_loader(self.bundle.val, cfg, self.dist, cfg.train.seed + 1)
+            self.val_loader, _ = make_loader(self.bundle.val, cfg, self.dist, cfg.train.seed + 1, split="validation")
 
         self.agent = instantiate(cfg.agent)
         self.agent.set_normalization_stats(self.bundle.stats)
@@ -241,16 +249,34 @@ class Trainer:
         if resume_paths:
             self.resume_from(resume_paths)
         self.first_step = self.global_step  # of this process: where a compiled run compiles
+        # Rank 0's answer on every rank: the others may not see the run dir's files.
+        self.already_trained = self.dist.gather_objects(self.dist.is_main and self.policy_exported_at_max_steps())[0]
+        if self.dist.is_main and not self.already_trained:
+            self._write_run_config(config_yaml, overrides)
 
         self.logger = ExperimentLogger(
             self.run_dir,
-            active=self.dist.is_main,
+            active=self.dist.is_main and not self.already_trained,
             use_swanlab=cfg.train.use_swanlab,
             project=cfg.train.swanlab_project,
             mode=cfg.train.swanlab_mode,
             experiment_name=self.experiment_name,
             group=self.experiment_name,
             config=self.config_dict,
+        )
+        dropped = self.logger.drop_records_after(self.global_step)
+        if dropped:
+            print(
+                f"Dropped {dropped} line(s) of {self.logger.jsonl_path} logged after step {self.global_step}, where "
+                f"this run continues: it logs those steps again."
+            )
+
+    def policy_exported_at_max_steps(self) -> bool:
+        """Whether this run reached train.max_steps and exported that step's weights as policy.pt."""
+        policy = self.run_dir / "policy.pt"
+        return (
+            self.global_step >= self.cfg.train.max_steps and policy.is_file()
+            and load_checkpoint(policy)["global_step"] == self.global_step
         )
 
     # ---- checkpoints -------------------------------------------------------------------------
@@ -480,6 +506,12 @@ class Trainer:
 
     def fit(self) -> None:
         cfg = self.cfg.train
+        if self.already_trained:
+            if self.dist.is_main:
+                print(f"{self.run_dir}: already trained to step {self.global_step}: nothing to do (policy: "
+                      f"{self.run_dir / 'policy.pt'}).")
+            self.finish()
+            return
         if self.dist.is_main:
             print(self.describe(), flush=True)
         self.agent.train()

@@ -35,6 +35,12 @@ def eval_label(weights: str, eval_overrides: Sequence[str]) -> str:
     return "_".join([f"eval_{weights}", *(o.removeprefix("eval.").replace("=", "-") for o in kept)])
 
 
+def group_order(key: tuple) -> tuple:
+    """(experiment, policy) groups in reading order: the IMF policies first, then by name."""
+    experiment, policy = key
+    return (not policy.startswith("IMF"), str(experiment), policy)
+
+
 def aggregate_sweep(evaluations: Sequence[dict]) -> list[dict]:
     """Group evaluations ({experiment, policy, training_seed, dataset, outcomes, seeds}) by (experiment, policy) and
     aggregate each group over its training seeds. Every group must be scored on the same episode seeds."""
@@ -42,7 +48,7 @@ def aggregate_sweep(evaluations: Sequence[dict]) -> list[dict]:
     for evaluation in evaluations:
         groups[(evaluation["experiment"], evaluation["policy"])].append(evaluation)
     rows = []
-    for (experiment, policy), members in sorted(groups.items(), key=lambda item: (str(item[0][0]), item[0][1])):
+    for (experiment, policy), members in sorted(groups.items(), key=lambda item: group_order(item[0])):
         episode_seeds = {tuple(m["seeds"]) for m in members}
         if len(episode_seeds) != 1:
             raise ValueError(f"The runs of {experiment} ({policy}) were scored on different episode seeds; evaluate them alike.")
@@ -63,7 +69,7 @@ def paired_comparisons(evaluations: Sequence[dict]) -> list[dict]:
     groups = defaultdict(dict)
     for evaluation in evaluations:
         groups[(evaluation["experiment"], evaluation["policy"])][evaluation["training_seed"]] = evaluation
-    keys = sorted(groups, key=lambda key: (str(key[0]), key[1]))
+    keys = sorted(groups, key=group_order)
     comparisons = []
     for i, a in enumerate(keys):
         for b in keys[i + 1:]:

@@ -3,6 +3,8 @@
 import io
 import os
 import re
+import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from roboimi.demos.record_sim_episodes import compose_config, main, record_episodes, recorder_settings
@@ -21,10 +24,33 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "roboimi" / "demos" / "record_sim_episodes.py"
 
 
-def run_script(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """record_sim_episodes.py run as a file, the way the Makefile and the benchmarks run it."""
+def run_script(args: list[str], cwd: Path, file_size_limit: int | None = None) -> subprocess.CompletedProcess:
+    """record_sim_episodes.py run as a file, the way the Makefile and the benchmarks run it.
+
+    `file_size_limit`: RLIMIT_FSIZE in bytes, a full disk for any file that would grow past it. With SIGXFSZ ignored
+    such a write fails with EFBIG, as one onto a full disk fails with ENOSPC, rather than killing the process.
+    """
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+        preexec_fn=limit_file_size if file_size_limit is not None else None,
+    )
+
+
+def mount_tmpfs(test: unittest.TestCase, directory: Path, size: int) -> None:
+    """A tmpfs of `size` bytes at `directory` until `test` ends; skips `test` where this user may not mount."""
+    try:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], capture_output=True)
+    except FileNotFoundError:
+        test.skipTest("no mount command")
+    if mounted.returncode:
+        test.skipTest(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    test.addCleanup(subprocess.run, ["umount", str(directory)], check=True)
 
 
 class RecorderTest(unittest.TestCase):
@@ -145,6 +171,84 @@ class RecorderTest(unittest.TestCase):
     def test_rejects_unknown_compression(self):
         with tempfile.TemporaryDirectory() as tmp, self.assertRaisesRegex(ValueError, "gzip"):
             record_episodes("sim_transfer", 1, tmp, compression="zstd")
+
+
+class FullDiskTest(unittest.TestCase):
+    """A dataset_dir that fills up mid-recording: one line naming it, the bytes needed and the fix, a non-zero exit,
+    the complete episodes intact and no temporary file, and the same command continues once there is room."""
+
+    def assert_stopped_cleanly(self, result, dataset_dir: Path, cause: str, complete: int, requested: int) -> int:
+        """Checks the failed run; returns the bytes its message says the next episode needs."""
+        self.assertEqual(result.returncode, 1, result.stderr)
+        for crash in ("Traceback", "Exception ignored", "Segmentation", "Fatal Python error"):
+            self.assertNotIn(crash, result.stderr)
+        last_line = result.stderr.strip().splitlines()[-1]
+        message = (
+            rf"No room in dataset_dir={re.escape(str(dataset_dir))} for episode_{complete}\.hdf5 \({cause}\): it "
+            rf"needs ([\d,]+) bytes \(\d+\.\d MiB\), about \d+\.\d MiB for the {requested - complete} episode\(s\) "
+            rf"still to record\. Free that space or pass another dataset_dir, then re-run the same command: it "
+            rf"continues after the {complete} complete episode\(s\)\."
+        )
+        self.assertRegex(last_line, f"^{message}$")
+        # Only the complete episodes: the failed write left no temporary file.
+        self.assertEqual(sorted(p.name for p in dataset_dir.iterdir()), [f"episode_{i}.hdf5" for i in range(complete)])
+        return int(re.match(message, last_line).group(1).replace(",", ""))
+
+    def test_a_file_size_limit_ends_in_one_line_and_the_same_command_continues(self):
+        # State-only episodes record in a fraction of a second; the write path is the one camera episodes take.
+        settings = dict(task="sim_transfer", camera_names=(), seed=7, progress=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "demos"
+            record_episodes(num_episodes=1, dataset_dir=out, **settings)
+            first = (out / "episode_0.hdf5").read_bytes()
+            args = ["task=sim_transfer", "num_episodes=3", f"dataset_dir={out}", "camera_names=[]", "seed=7"]
+            result = run_script(args, Path(tmp), file_size_limit=len(first) // 2)
+            needed = self.assert_stopped_cleanly(result, out, "File too large", complete=1, requested=3)
+            self.assertEqual((out / "episode_0.hdf5").read_bytes(), first)
+
+            summary = record_episodes(num_episodes=3, dataset_dir=out, **settings)
+            self.assertEqual((summary["episodes_written"], summary["attempts"]), (2, 2))
+            self.assertEqual((out / "episode_1.hdf5").stat().st_size, needed)  # state-only episodes are all one size
+            with h5py.File(out / "episode_2.hdf5", "r") as f:
+                self.assertEqual(f.attrs["seed"], 9)  # the seeds went on where the complete episodes ended
+
+    def test_a_full_tmpfs_ends_in_one_line_and_the_same_command_continues(self):
+        """A real ENOSPC, where this user may mount a file system; the file-size limit above stands in elsewhere."""
+        settings = dict(task="sim_transfer", camera_names=(), seed=0, progress=False)
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)  # after the unmount: cleanups run last in, first out
+        record_episodes(num_episodes=1, dataset_dir=Path(tmp.name) / "first", **settings)
+        first = (Path(tmp.name) / "first" / "episode_0.hdf5").read_bytes()
+        out = Path(tmp.name) / "demos"
+        out.mkdir()
+        mount_tmpfs(self, out, size=len(first) * 3 // 2)  # room for one episode, not two
+        (out / "episode_0.hdf5").write_bytes(first)
+        args = ["task=sim_transfer", "num_episodes=2", f"dataset_dir={out}", "camera_names=[]", "seed=0"]
+        result = run_script(args, Path(tmp.name))
+        self.assert_stopped_cleanly(result, out, "No space left on device", complete=1, requested=2)
+        self.assertEqual((out / "episode_0.hdf5").read_bytes(), first)
+
+        subprocess.run(["mount", "-o", f"remount,size={len(first) * 3}", str(out)], check=True)
+        summary = record_episodes(num_episodes=2, dataset_dir=out, **settings)
+        self.assertEqual((summary["episodes_written"], summary["episodes_total"], summary["next_seed"]), (1, 2, 2))
+
+    @pytest.mark.slow
+    def test_camera_episodes_from_workers_stop_as_cleanly(self):
+        """The recording the problem was met with: camera episodes, attempts in worker processes (about 20 s)."""
+        settings = dict(task="sim_transfer", image_size=(16, 16), camera_names=("top",), seed=0, progress=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "demos"
+            record_episodes(num_episodes=1, dataset_dir=out, **settings)
+            first = (out / "episode_0.hdf5").read_bytes()
+            args = ["task=sim_transfer", "num_episodes=3", f"dataset_dir={out}", "camera_names=[top]",
+                    "image_size=[16,16]", "seed=0", "num_workers=2"]
+            result = run_script(args, Path(tmp), file_size_limit=len(first) // 2)
+            needed = self.assert_stopped_cleanly(result, out, "File too large", complete=1, requested=3)
+            self.assertAlmostEqual(needed, len(first), delta=len(first) // 10)  # images compress a little differently
+            self.assertEqual((out / "episode_0.hdf5").read_bytes(), first)
+
+            summary = record_episodes(num_episodes=2, dataset_dir=out, num_workers=2, **settings)
+            self.assertEqual((summary["episodes_written"], summary["episodes_total"]), (1, 2))
 
 
 class ConfigTest(unittest.TestCase):

@@ -17,6 +17,7 @@ continues after the last complete episode.
 
 import itertools
 import multiprocessing
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -39,7 +40,7 @@ from roboimi.envs.scripted_policy import Demonstration, ScriptedDemonstrator  # 
 from gym_aloha.constants import FPS  # noqa: E402
 from roboimi.atomic_file import create_dir, remove_stale_temp_files  # noqa: E402
 from roboimi.vla import CONFIG_DIR  # noqa: E402
-from roboimi.vla.data.episode_files import COMPRESSIONS, EPISODE_PATTERN, write_episode_file  # noqa: E402
+from roboimi.vla.data.episode_files import COMPRESSIONS, EPISODE_PATTERN, NoSpaceError, write_episode_file  # noqa: E402
 from roboimi.vla.experiments import recording_settings  # noqa: E402
 from roboimi.worker_process import die_with_parent  # noqa: E402
 
@@ -151,6 +152,18 @@ def _resume_point(dataset_dir: Path, first_seed: int, requested: dict) -> tuple[
     return done, next_seed
 
 
+def _no_space_message(error: NoSpaceError, dataset_dir: Path, written: int, num_episodes: int) -> str:
+    """One line: where the room ran out, the bytes one more episode needs, and the fix."""
+    mib = 2**20
+    return (
+        f"No room in dataset_dir={dataset_dir} for {Path(error.filename).relative_to(dataset_dir)} "
+        f"({os.strerror(error.errno)}): it needs {error.needed:,} bytes ({error.needed / mib:.1f} MiB), about "
+        f"{error.needed * (num_episodes - written) / mib:.1f} MiB for the {num_episodes - written} episode(s) still to "
+        f"record. Free that space or pass another dataset_dir, then re-run the same command: it continues after the "
+        f"{written} complete episode(s)."
+    )
+
+
 def record_episodes(
     task: str,
     num_episodes: int,
@@ -168,6 +181,8 @@ def record_episodes(
     Failed attempts are counted and skipped (written to `dataset_dir`/failed/ when `save_failed`).
     At most MAX_ATTEMPTS_PER_EPISODE attempts per missing episode are made. With `num_workers` > 1 the attempts
     run in that many processes; the files written are the same as a sequential recording's.
+    When the file system has no room for an episode, NoSpaceError says so in one line naming dataset_dir, the bytes
+    needed and the fix; the complete episodes stay, and the same call continues after them.
     """
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}.")
@@ -207,6 +222,10 @@ def record_episodes(
             bar.set_postfix(attempts=attempts, failed=failures)
             if written >= num_episodes:
                 break
+    except NoSpaceError as error:
+        raise NoSpaceError(
+            error.errno, _no_space_message(error, dataset_dir, written, num_episodes), error.filename, error.needed
+        ) from None
     finally:
         demos.close()
         bar.close()
@@ -284,7 +303,11 @@ def main(cfg: DictConfig | Sequence[str]) -> dict:
     """Record as the command line would: `cfg` is a composed config or the list of `key=value` overrides."""
     if not isinstance(cfg, DictConfig):
         cfg = compose_config(cfg)
-    summary = record_episodes(**recorder_settings(cfg))
+    try:
+        summary = record_episodes(**recorder_settings(cfg))
+    except NoSpaceError as error:
+        # One line with the fix; through Hydra an exception would end in its traceback.
+        raise SystemExit(error.strerror) from None
     status = "" if summary["complete"] else f" (stopped after {summary['attempts']} attempts: too many failures)"
     print(
         f"{summary['episodes_written']} episodes written to {summary['dataset_dir']} "

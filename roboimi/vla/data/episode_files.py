@@ -14,6 +14,8 @@ the fix. Unreadable episodes and episodes too short for the observation window a
 warning; inconsistent episodes are errors because silently dropping them would hide a broken recording.
 """
 
+import errno
+import io
 import os
 import re
 import shlex
@@ -27,6 +29,15 @@ from roboimi.atomic_file import atomic_write_path
 
 EPISODE_PATTERN = re.compile(r"^episode_(\d+)\.hdf5$")
 COMPRESSIONS = ("gzip", "lzf")  # image dataset filters the writer supports
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a full quota, a file-size limit
+
+
+class NoSpaceError(OSError):
+    """The file system had no room for a file of `needed` bytes (a full disk, a full quota or a file-size limit)."""
+
+    def __init__(self, errno_: int, strerror: str, filename, needed: int):
+        super().__init__(errno_, strerror, filename)
+        self.needed = needed
 
 
 def record_command(dataset_dir) -> str:
@@ -234,11 +245,15 @@ def write_episode_file(path, qpos, action, images, extra_observations=None, attr
     qpos (T, S), action (T, A), images: camera -> uint8 (T, H, W, 3), extra_observations: name -> (T, ...)
     (e.g. qvel, env_state), attrs: file attributes besides sim=True.
     Images get one-frame chunks so that reading a window decompresses only the frames it needs.
+    Raises NoSpaceError, with the file's size, when the file system has no room for it; no temporary file remains.
     """
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {list(COMPRESSIONS)}, got {compression!r}.")
     options = {"compression": "gzip", "compression_opts": 1} if compression == "gzip" else {"compression": "lzf"}
-    with atomic_write_path(path) as tmp_path, h5py.File(tmp_path, "w") as f:
+    # HDF5 builds the file in memory and Python writes it out: HDF5 reports a failed write onto a full disk as late as
+    # when the file closes, and that close then crashes the interpreter (h5py 3.16, HDF5 2.0: SIGSEGV in H5Fclose).
+    image = io.BytesIO()
+    with h5py.File(image, "w") as f:
         f.attrs["sim"] = True
         for key, value in (attrs or {}).items():
             f.attrs[key] = value
@@ -250,4 +265,12 @@ def write_episode_file(path, qpos, action, images, extra_observations=None, attr
         for cam, frames in images.items():
             image_group.create_dataset(cam, data=frames, chunks=(1,) + frames.shape[1:], **options)
         f.create_dataset("action", data=action)
+    data = image.getbuffer()
+    try:
+        with atomic_write_path(path) as tmp_path:
+            tmp_path.write_bytes(data)
+    except OSError as error:
+        if error.errno not in NO_SPACE_ERRNOS:
+            raise
+        raise NoSpaceError(error.errno, error.strerror, str(path), data.nbytes) from None
     return path

@@ -37,18 +37,22 @@ def atomic_write_path(path):
         tmp_path.unlink(missing_ok=True)
 
 
+class UnusableDirError(OSError):
+    """An output dir that cannot be created or written into; its message names the setting, the path and the fix."""
+
+
 def create_dir(path, setting: str) -> Path:
-    """mkdir -p `path` and check that this user can write into it; else an OSError naming `setting`, the path, the
-    cause and the fix (the OS's own [Errno 30] or [Errno 17] names neither the setting nor the fix)."""
+    """mkdir -p `path` and check that this user can write into it; else an UnusableDirError naming `setting`, the
+    path, the cause and the fix (the OS's own [Errno 30] or [Errno 17] names neither the setting nor the fix)."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         file = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
         cause = f"{file} is a file" if file else f"{error.strerror}: {error.filename}"
-        raise OSError(error.errno, _unusable_dir(setting, path, cause)) from None
+        raise UnusableDirError(error.errno, _unusable_dir(setting, path, cause)) from None
     if not os.access(path, os.W_OK):
-        raise OSError(errno.EACCES, _unusable_dir(setting, path, "a read-only file system or no write permission"))
+        raise UnusableDirError(errno.EACCES, _unusable_dir(setting, path, "a read-only file system or no write permission"))
     return path
 
 

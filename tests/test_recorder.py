@@ -167,6 +167,10 @@ class RecorderTest(unittest.TestCase):
         message = rf"Cannot write into dataset_dir={re.escape(str(dataset_dir))} \(.+\)\. Pass a dataset_dir that is a"
         with self.assertRaisesRegex(OSError, message):
             record_episodes("sim_transfer", 1, dataset_dir, camera_names=["top"], progress=False)
+        # From the command line, the same line is the last thing on the screen, without a traceback.
+        with self.assertRaises(SystemExit) as stopped:
+            main(["task=sim_transfer", "num_episodes=1", "camera_names=[]", f"dataset_dir={dataset_dir}"])
+        self.assertRegex(str(stopped.exception.code), "^" + message)
 
     def test_rejects_unknown_compression(self):
         with tempfile.TemporaryDirectory() as tmp, self.assertRaisesRegex(ValueError, "gzip"):

@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 from roboimi.envs.scripted_policy import Demonstration, ScriptedDemonstrator  # noqa: E402  (sets MUJOCO_GL)
 from gym_aloha.constants import FPS  # noqa: E402
-from roboimi.atomic_file import create_dir, remove_stale_temp_files  # noqa: E402
+from roboimi.atomic_file import UnusableDirError, create_dir, remove_stale_temp_files  # noqa: E402
 from roboimi.vla import CONFIG_DIR  # noqa: E402
 from roboimi.vla.data.episode_files import COMPRESSIONS, EPISODE_PATTERN, NoSpaceError, write_episode_file  # noqa: E402
 from roboimi.vla.experiments import recording_settings  # noqa: E402
@@ -305,7 +305,7 @@ def main(cfg: DictConfig | Sequence[str]) -> dict:
         cfg = compose_config(cfg)
     try:
         summary = record_episodes(**recorder_settings(cfg))
-    except NoSpaceError as error:
+    except (NoSpaceError, UnusableDirError) as error:
         # One line with the fix; through Hydra an exception would end in its traceback.
         raise SystemExit(error.strerror) from None
     status = "" if summary["complete"] else f" (stopped after {summary['attempts']} attempts: too many failures)"

@@ -40,17 +40,19 @@ def last_step(log: Path) -> int:
     return json.loads(lines[-1])["step"] if lines else 0
 
 
-def sample(command: list[str], progress, with_children: bool, env: dict) -> list[dict]:
-    """Run `command`, sampling (progress, RSS, live children) once a second until it exits."""
-    child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    process, samples = psutil.Process(child.pid), []
-    while child.poll() is None:
-        rss, children = rss_mib(process, with_children)
-        if rss:
-            samples.append({"progress": progress(), "rss_mib": rss, "children": children})
-        time.sleep(1.0)
+def sample(command: list[str], progress, with_children: bool, env: dict, log: Path) -> list[dict]:
+    """Run `command` with its output in `log` (a pipe nobody reads would fill and stall it), sampling (progress, RSS,
+    live children) once a second until it exits."""
+    with open(log, "w") as output:
+        child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+        process, samples = psutil.Process(child.pid), []
+        while child.poll() is None:
+            rss, children = rss_mib(process, with_children)
+            if rss:
+                samples.append({"progress": progress(), "rss_mib": rss, "children": children})
+            time.sleep(1.0)
     if child.returncode != 0:
-        raise SystemExit(f"{' '.join(command[:3])} ... exited with {child.returncode}:\n{child.stderr.read()[-2000:]}")
+        raise SystemExit(f"{' '.join(command[:3])} ... exited with {child.returncode}; see {log}")
     return samples
 
 
@@ -75,19 +77,20 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     run_dir, eval_dir = args.out / "run", args.out / "eval"
+    args.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     print(f"Training experiment=state_transfer_imf for {args.steps} steps in {run_dir}, then {args.episodes} "
           f"evaluation episodes with {args.workers} workers in {eval_dir}; sampling RSS once a second.", flush=True)
     train = sample(
         [sys.executable, "roboimi/demos/vla_scripts/train_vla.py", "experiment=state_transfer_imf",
          f"train.max_steps={args.steps}", f"hydra.run.dir={run_dir}", "train.overwrite=true"],
-        lambda: last_step(run_dir / "logs.json.txt"), with_children=False, env=env,
+        lambda: last_step(run_dir / "logs.json.txt"), with_children=False, env=env, log=args.out / "train.log",
     )
     evaluation = sample(
         [sys.executable, "roboimi/demos/vla_scripts/eval_vla.py", f"ckpt_path={run_dir / 'policy.pt'}",
          f"eval.num_episodes={args.episodes}", f"eval.num_workers={args.workers}", f"eval.output_dir={eval_dir}",
          "eval.trajectory_image=false"],
-        lambda: len(list(eval_dir.glob("trajectory_*.npz"))), with_children=True, env=env,
+        lambda: len(list(eval_dir.glob("trajectory_*.npz"))), with_children=True, env=env, log=args.out / "eval.log",
     )
     result = {
         "training": growth(train, early=min(1000, args.steps // 5)),

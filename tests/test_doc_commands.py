@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from roboimi.demos import record_sim_episodes
-from roboimi.demos.vla_scripts import eval_vla, train_vla
+from roboimi.demos.vla_scripts import eval_sweep, eval_vla, train_vla
 from roboimi.vla import CONFIG_DIR
 from roboimi.vla.experiments import compose_experiment, experiment_names
 
@@ -82,7 +82,7 @@ def check_program(command: str, tokens: list[str]) -> None:
     elif "record_sim_episodes.py" in command:
         record_sim_episodes.compose_config(tokens)
     elif "eval_sweep.py" in command:
-        eval_vla.override_keys([t for t in tokens if not t.startswith(("sweep_dir=", "weights="))])
+        eval_vla.override_keys([t for t in tokens if not t.startswith(eval_sweep.OWN_KEYS)])
     elif "eval_vla.py" in command:
         eval_vla.override_keys(tokens)
 

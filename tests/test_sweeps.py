@@ -59,6 +59,10 @@ class SweepTest(TinyDatasetTestCase):
         summaries = [json.loads((run / label / "summary.json").read_text()) for run in runs]
         self.assertEqual([s["training_seed"] for s in summaries], [0, 1])
 
+        (only,) = eval_sweep.main([f"sweep_dir={sweep_dir}", "runs=*seed1", *eval_args])["rows"]  # a part of the sweep
+        self.assertEqual(only["training_seeds"], [1])
+        self.assertTrue((sweep_dir / f"{label}_runs-seed1.md").is_file())
+
         paired = compare_evals.main([str(runs[0] / label), str(runs[1] / label)])
         self.assertEqual(paired["n"], 2)
         self.assertLessEqual(paired["interval"][0], paired["difference"])

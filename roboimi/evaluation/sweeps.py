@@ -17,14 +17,18 @@ from roboimi.evaluation.success_stats import aggregate_runs, format_rate, paired
 WEIGHTS = {"final": "policy.pt", "best_rollout": "checkpoints/best_rollout.pt"}
 
 
-def sweep_runs(sweep_dir: Path) -> list[Path]:
-    """The run dirs of a sweep (dirs holding a stored .hydra/config.yaml), in name order."""
+def sweep_runs(sweep_dir: Path, pattern: str = "*") -> list[Path]:
+    """The run dirs of a sweep whose names match the glob `pattern` (dirs holding a stored .hydra/config.yaml), in
+    name order."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep_dir={sweep_dir} is not a directory. Pass the hydra.sweep.dir of a train_vla.py -m run.")
-    runs = sorted(path.parent.parent for path in sweep_dir.glob("*/.hydra/config.yaml"))
+    runs = sorted(path.parent.parent for path in sweep_dir.glob(f"{pattern}/.hydra/config.yaml"))
     if not runs:
-        raise FileNotFoundError(f"sweep_dir={sweep_dir} holds no run dirs (*/.hydra/config.yaml): is it a train_vla.py -m sweep dir?")
+        raise FileNotFoundError(
+            f"sweep_dir={sweep_dir} holds no run dirs named {pattern} (<run>/.hydra/config.yaml): is it a train_vla.py -m "
+            f"sweep dir, and does runs= match its run names?"
+        )
     return runs
 
 
@@ -118,9 +122,10 @@ def markdown_comparisons(comparisons: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_sweep(sweep_dir: Path, weights: str, eval_overrides: Sequence[str], evaluate) -> dict:
-    """Score every trained run of `sweep_dir` with `evaluate(argv) -> summary` (eval_vla.main) under the same
-    `eval_overrides`, keep finished scores, and write <sweep_dir>/<label>.md and .json with the table.
+def evaluate_sweep(sweep_dir: Path, weights: str, eval_overrides: Sequence[str], evaluate, runs: str = "*") -> dict:
+    """Score every trained run of `sweep_dir` named like `runs` with `evaluate(argv) -> summary` (eval_vla.main) under
+    the same `eval_overrides`, keep finished scores, and write <sweep_dir>/<label>.md and .json with the table (the
+    label names `runs` too when it selects a part of the sweep).
 
     Runs without the weights yet (still training) are listed as skipped. Returns the report ({"sweep_dir", "weights",
     "eval_overrides", "rows", "comparisons", "skipped"}) with its markdown ("table") and where it went ("path").
@@ -129,8 +134,9 @@ def evaluate_sweep(sweep_dir: Path, weights: str, eval_overrides: Sequence[str],
         raise ValueError(f"weights={weights!r} is invalid: one of {list(WEIGHTS)}.")
     sweep_dir = Path(sweep_dir)
     label = eval_label(weights, eval_overrides)
+    table_name = label if runs == "*" else f"{label}_runs-{runs.replace('*', '').replace('/', '')}"
     evaluations, skipped = [], []
-    for run in sweep_runs(sweep_dir):
+    for run in sweep_runs(sweep_dir, runs):
         ckpt = run / WEIGHTS[weights]
         if not ckpt.is_file():
             skipped.append(f"{run.name}: no {WEIGHTS[weights]} (still training, or stopped)")
@@ -152,19 +158,20 @@ def evaluate_sweep(sweep_dir: Path, weights: str, eval_overrides: Sequence[str],
             "seeds": [e["seed"] for e in summary["episodes"]],
         })
     report = {
-        "sweep_dir": str(sweep_dir), "weights": weights, "eval_overrides": list(eval_overrides),
+        "sweep_dir": str(sweep_dir), "runs": runs, "weights": weights, "eval_overrides": list(eval_overrides),
         "rows": aggregate_sweep(evaluations), "comparisons": paired_comparisons(evaluations), "skipped": skipped,
     }
-    (sweep_dir / f"{label}.json").write_text(json.dumps(report, indent=2))
-    (sweep_dir / f"{label}.md").write_text(render_report(report) + "\n")
-    return {**report, "table": render_report(report), "path": sweep_dir / f"{label}.md"}
+    (sweep_dir / f"{table_name}.json").write_text(json.dumps(report, indent=2))
+    (sweep_dir / f"{table_name}.md").write_text(render_report(report) + "\n")
+    return {**report, "table": render_report(report), "path": sweep_dir / f"{table_name}.md"}
 
 
 def render_report(report: dict) -> str:
     """The markdown of an evaluate_sweep report: what was scored, the table over seeds, the paired differences."""
     settings = " ".join(report["eval_overrides"]) or "defaults"
+    runs = "" if report.get("runs", "*") == "*" else f" (runs `{report['runs']}`)"
     parts = [
-        f"Sweep `{report['sweep_dir']}`, {report['weights']} weights ({WEIGHTS[report['weights']]}, EMA), "
+        f"Sweep `{report['sweep_dir']}`{runs}, {report['weights']} weights ({WEIGHTS[report['weights']]}, EMA), "
         f"evaluation settings: `{settings}`.",
         markdown_table(report["rows"]),
     ]

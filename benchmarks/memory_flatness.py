@@ -96,6 +96,7 @@ def main() -> None:
         "training": growth(train, early=min(1000, args.steps // 5)),
         "evaluation": growth(evaluation, early=min(20, args.episodes // 10)),
         "steps": args.steps, "episodes": args.episodes, "workers": args.workers,
+        "training_samples": train, "evaluation_samples": evaluation,  # the curves behind the two growths
     }
     (args.out / "memory.json").write_text(json.dumps(result, indent=2))
     for name, unit in (("training", "step"), ("evaluation", "episode")):

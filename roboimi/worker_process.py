@@ -1,9 +1,10 @@
-"""Worker processes that die with the process that started them."""
+"""Worker processes that die with the process that started them and leave stop signals to it."""
 import ctypes
 import signal
 import sys
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def die_with_parent() -> None:
@@ -14,3 +15,10 @@ def die_with_parent() -> None:
     """
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """Worker init (DataLoader and rollout workers): a Ctrl-C reaches the whole process group, and a worker it killed
+    would break the batch or pool the main process is finishing; the main process stops its workers itself."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

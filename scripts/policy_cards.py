@@ -16,8 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from roboimi.demos.vla_scripts.eval_vla import describe_selection, scored_selection_seeds  # noqa: E402
-from roboimi.vla.training.checkpoint import load_checkpoint, weight_selection  # noqa: E402
+from roboimi.vla.training.checkpoint import (  # noqa: E402
+    describe_selection, load_checkpoint, scored_selection_seeds, weight_selection,
+)
 from roboimi.evaluation.success_stats import format_rate  # noqa: E402
 
 POLICIES = ROOT / "policies"

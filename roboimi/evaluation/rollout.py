@@ -26,8 +26,7 @@ from roboimi.envs.registry import make_env
 from roboimi.envs.sim_env import InvalidActionError, SimulationDivergedError, check_action
 from roboimi.evaluation import media
 from roboimi.evaluation.success_stats import wilson_interval
-from roboimi.vla.training.graceful_stop import ignore_stop_signals
-from roboimi.worker_process import die_with_parent
+from roboimi.worker_process import die_with_parent, ignore_stop_signals
 
 TIMING_KEYS = ("obs_read_ms", "preprocess_ms", "inference_ms", "env_step_ms", "loop_total_ms")
 EPISODE_KEYS = ("seed", "return", "max_reward", "success", "steps", "aborted")

@@ -162,8 +162,9 @@ def evaluate_sweep(sweep_dir: Path, weights: str, eval_overrides: Sequence[str],
         "rows": aggregate_sweep(evaluations), "comparisons": paired_comparisons(evaluations), "skipped": skipped,
     }
     (sweep_dir / f"{table_name}.json").write_text(json.dumps(report, indent=2))
-    (sweep_dir / f"{table_name}.md").write_text(render_report(report) + "\n")
-    return {**report, "table": render_report(report), "path": sweep_dir / f"{table_name}.md"}
+    table = render_report(report)
+    (sweep_dir / f"{table_name}.md").write_text(table + "\n")
+    return {**report, "table": table, "path": sweep_dir / f"{table_name}.md"}
 
 
 def render_report(report: dict) -> str:

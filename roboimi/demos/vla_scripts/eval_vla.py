@@ -27,7 +27,9 @@ from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from roboimi.vla import CONFIG_DIR
-from roboimi.vla.training.checkpoint import build_agent_from_checkpoint, load_checkpoint, weight_selection
+from roboimi.vla.training.checkpoint import (
+    build_agent_from_checkpoint, describe_selection, load_checkpoint, scored_selection_seeds, weight_selection,
+)
 from roboimi.evaluation.agent_policy import evaluate_agent, policy_name
 from roboimi.evaluation.rollout import NoEpisodeFinished
 from roboimi.vla.training.experiment_logger import ExperimentLogger
@@ -157,23 +159,6 @@ def default_output_dir(ckpt_path: Path) -> Path:
     if ckpt_path.name == "policy.pt" or ckpt_path.parent.name == "checkpoints":
         return run_dir_of(ckpt_path) / "eval"
     return ckpt_path.parent / "eval" / ckpt_path.stem
-
-
-def scored_selection_seeds(summary: dict, selection: dict) -> list[int]:
-    """The scored episode seeds on which the weights were also selected (empty: the score is held out)."""
-    if "seeds" not in selection:
-        return []
-    first, last = selection["seeds"]
-    return [e["seed"] for e in summary["episodes"] if first <= e["seed"] <= last]
-
-
-def describe_selection(selection: dict) -> str:
-    if selection["rule"] == "as_trained":
-        return "the weights of their step, picked by nothing"
-    seeds = "" if "seeds" not in selection else f" on seeds {selection['seeds'][0]}-{selection['seeds'][1]}"
-    if selection["rule"] == "best_rollout":
-        return f"the best rollout validation{seeds}"
-    return f"not recorded (written before checkpoints recorded it; its run validated{seeds or ' on no rollouts'})"
 
 
 def report(summary: dict, cfg) -> str:

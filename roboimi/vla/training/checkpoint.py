@@ -64,7 +64,30 @@ def weight_selection(checkpoint: dict) -> dict:
     if not (train.get("rollout_val_freq_epochs") or train.get("rollout_validate_on_checkpoint")):
         return {"rule": "unknown"}
     first = train.get("rollout_val_seed", checkpoint["config"].get("eval", {}).get("seed", 1000))
-    return {"rule": "unknown", "seeds": [first, first + train.get("rollout_num_episodes", 5) - 1]}
+    return {"rule": "unknown", "seeds": validation_seeds(first, train.get("rollout_num_episodes", 5))}
+
+
+def validation_seeds(first: int, num_episodes: int) -> list[int]:
+    """[first, last] episode seed of a rollout validation of `num_episodes` episodes from seed `first`."""
+    return [first, first + num_episodes - 1]
+
+
+def scored_selection_seeds(summary: dict, selection: dict) -> list[int]:
+    """The seeds of `summary`'s episodes on which the weights were also selected (empty: the score is held out)."""
+    if "seeds" not in selection:
+        return []
+    first, last = selection["seeds"]
+    return [e["seed"] for e in summary["episodes"] if first <= e["seed"] <= last]
+
+
+def describe_selection(selection: dict) -> str:
+    """A weight_selection record in words, as reports print it."""
+    if selection["rule"] == "as_trained":
+        return "the weights of their step, picked by nothing"
+    seeds = "" if "seeds" not in selection else f" on seeds {selection['seeds'][0]}-{selection['seeds'][1]}"
+    if selection["rule"] == "best_rollout":
+        return f"the best rollout validation{seeds}"
+    return f"not recorded (written before checkpoints recorded it; its run validated{seeds or ' on no rollouts'})"
 
 
 def save_checkpoint(path, payload: dict) -> Path:

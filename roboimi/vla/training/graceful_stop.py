@@ -4,14 +4,7 @@ import signal
 import sys
 import threading
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def ignore_stop_signals(_worker_id: int = 0) -> None:
-    """DataLoader worker init: a Ctrl-C reaches the whole process group, and a worker it killed would break the
-    batch the main process is finishing; the main process stops its workers itself when it stops."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+from roboimi.worker_process import STOP_SIGNALS
 
 
 class GracefulStop:

@@ -27,6 +27,7 @@ from roboimi.vla.training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
     upgrade_config,
+    validation_seeds,
 )
 from roboimi.vla.data import build_datasets
 from roboimi.vla.data.epoch_batch_sampler import EpochBatchSampler
@@ -37,10 +38,11 @@ from roboimi.vla.training.experiment_logger import ExperimentLogger
 from roboimi.vla.fast_paths import attention_backends, precision_autocast, use_channels_last
 from roboimi.vla.models.heads.external_checkpoint import load_external_imf_head_state_dict
 from roboimi.vla.training.optim import build_lr_scheduler, build_optimizer
-from roboimi.vla.training.graceful_stop import GracefulStop, ignore_stop_signals
+from roboimi.vla.training.graceful_stop import GracefulStop
 from roboimi.vla.training.run_dir import RunDirLock, checkpoints_newest_first, clear_run_outputs, prune_step_checkpoints
 from roboimi.vla.training.runtime import seed_everything
 from roboimi.vla.training.settings import validate_train_settings
+from roboimi.worker_process import ignore_stop_signals
 
 
 def make_loader(
@@ -297,8 +299,8 @@ class Trainer:
         """How the checkpoint's weights are chosen (checkpoint.weight_selection reads it back)."""
         if not best_rollout:
             return {"rule": "as_trained"}
-        first = self.cfg.train.rollout_val_seed
-        return {"rule": "best_rollout", "seeds": [first, first + self.cfg.train.rollout_num_episodes - 1]}
+        train = self.cfg.train
+        return {"rule": "best_rollout", "seeds": validation_seeds(train.rollout_val_seed, train.rollout_num_episodes)}
 
     def checkpoint_payload(self, best_rollout: bool = False) -> dict:
         ema = {} if self.ema is None else {"ema": self.ema.module.state_dict(), "ema_updates": self.ema.n_averaged}

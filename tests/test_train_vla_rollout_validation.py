@@ -1,5 +1,7 @@
 """Periodic rollout validation wiring of the trainer: epoch frequency, final weights, on-checkpoint flag, episode count."""
 import json
+import subprocess
+import sys
 import unittest
 from pathlib import Path
 
@@ -10,6 +12,7 @@ from tests.tiny_config import TinyDatasetTestCase, compose_tiny
 
 # 2 episodes x 6 frames at batch 2 -> 6 optimizer steps per epoch.
 STEPS_PER_EPOCH = 6
+ROOT = Path(__file__).resolve().parents[1]
 ROLLOUT = ["data.task=sim_transfer", "eval.max_timesteps=3", "train.rollout_num_episodes=2"]
 
 
@@ -48,6 +51,25 @@ class RolloutValidationTest(TinyDatasetTestCase):
         self.assertEqual(weight_selection(best), {"rule": "best_rollout", "seeds": [100000, 100001]})
         self.assertEqual(weight_selection(load_checkpoint(run_dir / "checkpoints" / "last.pt")), {"rule": "as_trained"})
         self.assertEqual(weight_selection(load_checkpoint(run_dir / "policy.pt")), {"rule": "as_trained"})
+
+    def test_the_simulator_stays_out_of_the_training_process(self):
+        """Validation rolls out in a spawned process, so the trainer never loads MuJoCo and its GL context: they would
+        stay resident for the rest of a long run (its memory would step up at the first validation)."""
+        run_dir = Path(self.tmp.name) / "separate_process"
+        script = (
+            "import json, sys\n"
+            "from roboimi.vla.training.trainer import Trainer\n"
+            "from tests.tiny_config import compose_tiny\n"
+            f"cfg = compose_tiny('resnet_imf_attnres', {str(self.data_dir)!r}, {[*ROLLOUT, 'train.max_steps=6', 'train.rollout_val_freq_epochs=1']!r})\n"
+            f"Trainer(cfg, {str(run_dir)!r}).fit()\n"
+            "print(json.dumps({'simulator_loaded': 'mujoco' in sys.modules}))\n"
+        )
+        result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        self.assertEqual(json.loads(result.stdout.strip().splitlines()[-1]), {"simulator_loaded": False})
+        self.assertEqual(rollout_steps(run_dir), [STEPS_PER_EPOCH])
+        summary = json.loads((run_dir / "rollouts" / f"step_{STEPS_PER_EPOCH}" / "summary.json").read_text())
+        self.assertEqual([e["seed"] for e in summary["episodes"]], [100000, 100001])
 
     def test_every_second_epoch(self):
         _, run_dir = self.train("second_epoch", ["train.max_steps=13", "train.save_freq=100", "train.rollout_val_freq_epochs=2"])

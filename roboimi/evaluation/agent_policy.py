@@ -2,12 +2,15 @@
 
 Used by training-time rollout validation and by eval_vla.py, so both score policies the same way.
 """
+import multiprocessing
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 
 import torch
 from torch import nn
 
 from roboimi.vla.fast_paths import attention_backends, precision_autocast
+from roboimi.worker_process import init_worker_process
 
 # A state-only agent renders no cameras; this size serves its trajectory images and videos.
 NO_CAMERA_RENDER_SIZE = (96, 96)
@@ -87,3 +90,19 @@ def evaluate_agent(
         num_workers=cfg.eval.num_workers,
         should_stop=should_stop,
     )
+
+
+def evaluate_agent_in_subprocess(agent: nn.Module, cfg, **kwargs) -> dict:
+    """`evaluate_agent(agent, cfg, **kwargs)` run in a fresh spawned process, which takes a copy of the agent.
+
+    The simulator, its GL context and their memory stay out of the calling process: a training run's rollout
+    validation loads them anew each time and frees them after, so the trainer's resident memory stays flat over a
+    long run, and the trainer's RNG streams are not touched.
+    """
+    with ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker_process,
+        initargs=(torch.get_num_threads(),),
+    ) as pool:
+        return pool.submit(evaluate_agent, agent, cfg, **kwargs).result()

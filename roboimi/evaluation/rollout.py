@@ -26,7 +26,7 @@ from roboimi.envs.registry import make_env
 from roboimi.envs.sim_env import InvalidActionError, SimulationDivergedError, check_action
 from roboimi.evaluation import media
 from roboimi.evaluation.success_stats import wilson_interval
-from roboimi.worker_process import die_with_parent, ignore_stop_signals
+from roboimi.worker_process import init_worker_process
 
 TIMING_KEYS = ("obs_read_ms", "preprocess_ms", "inference_ms", "env_step_ms", "loop_total_ms")
 EPISODE_KEYS = ("seed", "return", "max_reward", "success", "steps", "aborted")
@@ -247,9 +247,7 @@ _worker_setup_error: Exception | None = None  # why the worker could not build t
 
 def _init_worker(runner_kwargs: dict, torch_threads: int):
     global _worker_runner, _worker_setup_error
-    die_with_parent()
-    ignore_stop_signals()  # a Ctrl-C reaches the whole process group; the parent ends its workers when it stops
-    torch.set_num_threads(torch_threads)
+    init_worker_process(torch_threads)  # a Ctrl-C reaches the whole process group; the parent ends its workers
     try:
         _worker_runner = _EpisodeRunner(**runner_kwargs)
     except Exception as error:

@@ -33,7 +33,7 @@ from roboimi.vla.data import build_datasets
 from roboimi.vla.data.epoch_batch_sampler import EpochBatchSampler
 from roboimi.vla.training.distributed import AgentLoss, assert_ranks_agree, init_distributed, parameter_fingerprint
 from roboimi.vla.training.ema import build_ema
-from roboimi.evaluation.agent_policy import evaluate_agent
+from roboimi.evaluation.agent_policy import evaluate_agent_in_subprocess
 from roboimi.vla.training.experiment_logger import ExperimentLogger
 from roboimi.vla.fast_paths import attention_backends, precision_autocast, use_channels_last
 from roboimi.vla.models.heads.external_checkpoint import load_external_imf_head_state_dict
@@ -461,7 +461,7 @@ class Trainer:
             warnings.warn("data.task is null: rollout validation skipped (set data.task to a built-in task).")
             return None
         output_dir = self.run_dir / "rollouts" / f"step_{self.global_step}"
-        summary = evaluate_agent(
+        summary = evaluate_agent_in_subprocess(
             self.policy,
             self.cfg,
             num_episodes=self.cfg.train.rollout_num_episodes,

@@ -26,6 +26,20 @@ def sampled_chunks(agent, batch: dict, num_steps: int, noise: torch.Tensor) -> t
     return torch.stack([agent.sample_actions(cond, num_steps=num_steps, noise=draw) for draw in noise])
 
 
+def chunk_errors(chunks: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> dict:
+    """RMS error, spread and bias of sampled chunks (draws, B, T, A) against target (B, T, A), over the (B, T) steps
+    where `keep` is true and every action dimension."""
+
+    def rms(x: torch.Tensor) -> float:
+        return x[keep].pow(2).mean().sqrt().item()
+
+    return {
+        "error": rms((chunks - target).pow(2).mean(0).sqrt()),
+        "spread": rms(chunks.std(0)),
+        "bias": rms(chunks.mean(0) - target),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
@@ -53,17 +67,14 @@ def main() -> None:
     keep = ~batch["action_is_pad"][:, played]  # (B, played)
     noise = agent.noise_scale * torch.randn((args.draws, *target.shape), generator=generator)
 
-    def rms(x: torch.Tensor) -> float:  # over the played, unpadded steps and every action dimension
-        return x[:, played][keep].pow(2).mean().sqrt().item()
-
     print(f"{args.checkpoint} ({weights} weights): {len(indices)} windows from episodes {args.first_episode}.. of "
           f"{args.dataset_dir}, {args.draws} noise draws each, steps {played.start}..{played.stop - 1} of each chunk")
     print(f"{'steps':>5} {'error':>8} {'spread':>8} {'bias':>8}")
     with torch.inference_mode():
         for num_steps in args.steps:
-            chunks = sampled_chunks(agent, batch, num_steps, noise)  # (draws, B, pred_horizon, A)
-            error = (chunks - target).pow(2).mean(0).sqrt()
-            print(f"{num_steps:>5} {rms(error):8.4f} {rms(chunks.std(0)):8.4f} {rms(chunks.mean(0) - target):8.4f}")
+            chunks = sampled_chunks(agent, batch, num_steps, noise)[:, :, played]  # (draws, B, played, A)
+            errors = chunk_errors(chunks, target[:, played], keep)
+            print(f"{num_steps:>5} {errors['error']:8.4f} {errors['spread']:8.4f} {errors['bias']:8.4f}")
 
 
 if __name__ == "__main__":

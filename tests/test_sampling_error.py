@@ -1,0 +1,41 @@
+"""benchmarks/sampling_error.py's statistics: error, spread over noise draws and bias of sampled chunks."""
+import sys
+import unittest
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def chunk_errors(*args):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from sampling_error import chunk_errors as compute
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return compute(*args)
+
+
+class ChunkErrorsTest(unittest.TestCase):
+    def test_a_constant_offset_is_bias_and_independent_noise_is_spread(self):
+        generator = torch.Generator().manual_seed(0)
+        target = torch.randn(64, 8, 3, generator=generator)
+        noise = 0.3 * torch.randn(4000, 64, 8, 3, generator=generator)
+        chunks = target + 0.1 + noise
+        keep = torch.ones(64, 8, dtype=torch.bool)
+        errors = chunk_errors(chunks, target, keep)
+        self.assertAlmostEqual(errors["bias"], 0.1, delta=0.01)
+        self.assertAlmostEqual(errors["spread"], 0.3, delta=0.01)
+        self.assertAlmostEqual(errors["error"] ** 2, errors["bias"] ** 2 + errors["spread"] ** 2, delta=0.003)
+
+    def test_only_kept_steps_count(self):
+        target = torch.zeros(2, 4, 1)
+        chunks = torch.zeros(3, 2, 4, 1)
+        chunks[:, :, 3] = 5.0  # a padded step's error must not enter
+        keep = torch.tensor([[True, True, True, False]] * 2)
+        self.assertEqual(chunk_errors(chunks, target, keep), {"error": 0.0, "spread": 0.0, "bias": 0.0})
+
+
+if __name__ == "__main__":
+    unittest.main()

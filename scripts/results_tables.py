@@ -5,8 +5,10 @@
 
 A table `<!-- table:NAME -->` ... `<!-- /table:NAME -->` in docs/results.md holds the rows of the experiments
 named NAME_* (state_transfer: state_transfer_imf, state_transfer_ddim) from every report in docs/sweeps/, and
-their paired differences; a table no report covers yet is left as it is.
+their paired differences; `<!-- table:NAME from:GLOB,GLOB -->` takes only the reports whose file names match (a
+recipe's current sweep apart from an earlier version's); a table no report covers yet is left as it is.
 """
+import fnmatch
 import json
 import re
 import sys
@@ -19,7 +21,7 @@ from roboimi.evaluation.sweeps import render_report  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results.md"
 REPORTS = ROOT / "docs" / "sweeps"
-TABLE = re.compile(r"<!-- table:(\w+) -->\n(.*?)<!-- /table:\1 -->", flags=re.S)
+TABLE = re.compile(r"<!-- table:(\w+)( from:[\w*.,-]+)? -->\n(.*?)<!-- /table:\1 -->", flags=re.S)
 
 
 def setting_report(report: dict, setting: str) -> dict | None:
@@ -36,13 +38,15 @@ def setting_report(report: dict, setting: str) -> dict | None:
 
 def rendered(results: str) -> str:
     """docs/results.md's text with every table some report covers written from the reports."""
-    reports = [json.loads(path.read_text()) for path in sorted(REPORTS.glob("*.json"))]
+    reports = {path.name: json.loads(path.read_text()) for path in sorted(REPORTS.glob("*.json"))}
 
     def fill(match: re.Match) -> str:
-        setting = match.group(1)
-        parts = [render_report(narrowed) for report in reports if (narrowed := setting_report(report, setting))]
-        body = "\n\n".join(parts) + "\n" if parts else match.group(2)
-        return f"<!-- table:{setting} -->\n{body}<!-- /table:{setting} -->"
+        setting, source, old_body = match.groups()
+        patterns = source[len(" from:"):].split(",") if source else ["*"]
+        chosen = [report for name, report in reports.items() if any(fnmatch.fnmatch(name, p) for p in patterns)]
+        parts = [render_report(narrowed) for report in chosen if (narrowed := setting_report(report, setting))]
+        body = "\n\n".join(parts) + "\n" if parts else old_body
+        return f"<!-- table:{setting}{source or ''} -->\n{body}<!-- /table:{setting} -->"
 
     return TABLE.sub(fill, results)
 

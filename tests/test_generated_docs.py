@@ -1,9 +1,12 @@
 """The generated parts of the docs are current: policies/README.md's table from what the shipped files and their
 scores record, docs/results.md's protocol tables from the committed sweep reports."""
+import json
 import re
 import subprocess
 import sys
+import tempfile
 import unittest
+from unittest import mock
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,15 +24,37 @@ class PolicyCardsTest(unittest.TestCase):
             self.assertIn(f"`{policy.name}`", generated)
 
 
+def results_tables():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import results_tables
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    return results_tables
+
+
 class ResultsTablesTest(unittest.TestCase):
     def test_the_results_tables_are_the_ones_the_sweep_reports_give(self):
-        sys.path.insert(0, str(ROOT / "scripts"))
-        try:
-            from results_tables import RESULTS, rendered
-        finally:
-            sys.path.remove(str(ROOT / "scripts"))
-        text = RESULTS.read_text()
-        self.assertEqual(rendered(text), text, "docs/results.md is stale: run `python scripts/results_tables.py`")
+        tables = results_tables()
+        text = tables.RESULTS.read_text()
+        self.assertEqual(tables.rendered(text), text, "docs/results.md is stale: run `python scripts/results_tables.py`")
+
+    def test_a_table_can_take_only_the_reports_it_names(self):
+        tables = results_tables()
+        report = json.loads((tables.REPORTS / "state.json").read_text())
+        with tempfile.TemporaryDirectory() as tmp, mock.patch.object(tables, "REPORTS", Path(tmp)):
+            (Path(tmp) / "old.json").write_text(json.dumps(report))
+            (Path(tmp) / "new.json").write_text(json.dumps({**report, "sweep_dir": "runs/sweeps/new"}))
+            text = tables.rendered(
+                "<!-- table:state_insertion from:new* -->\n<!-- /table:state_insertion -->\n"
+                "<!-- table:state_insertion -->\n<!-- /table:state_insertion -->\n"
+            )
+        current, every = text.split("<!-- /table:state_insertion -->")[:2]
+        self.assertIn("runs/sweeps/new", current)
+        self.assertNotIn("runs/sweeps/state", current)
+        self.assertIn("runs/sweeps/new", every)
+        self.assertIn("runs/sweeps/state", every)
+        self.assertIn("<!-- table:state_insertion from:new* -->", text)
 
 
 if __name__ == "__main__":

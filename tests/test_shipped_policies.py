@@ -3,10 +3,10 @@ import re
 import unittest
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from roboimi.envs.registry import make_env
 from roboimi.vla.training.checkpoint import build_agent_from_checkpoint, load_checkpoint
 from roboimi.evaluation.agent_policy import AgentPolicy, evaluate_agent
 
@@ -32,12 +32,11 @@ class ShippedPoliciesTest(unittest.TestCase):
                 agent, cfg, weights = build_agent_from_checkpoint(load_checkpoint(path), torch.device("cpu"), source=path)
                 agent.eval()
                 spec = agent.observation_spec
-                height, width = spec.image_shape
-                rng = np.random.default_rng(0)
-                obs = {
-                    "qpos": np.zeros(agent.obs_dim),
-                    "images": {cam: rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for cam in spec.camera_names},
-                }
+                env = make_env(cfg.data.task, image_size=spec.image_shape or (96, 96), camera_names=spec.camera_names)
+                try:
+                    obs, _ = env.reset(seed=0)  # the observation the policy acts on in a rollout
+                finally:
+                    env.close()
                 action = AgentPolicy(agent).select_action(obs)
                 self.assertEqual(tuple(action.shape), (agent.action_dim,))
                 self.assertTrue(torch.isfinite(torch.as_tensor(action)).all())

@@ -13,6 +13,7 @@ last sample of each (training: step 1000 -> the last step; evaluation: episode 2
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -77,6 +78,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     run_dir, eval_dir = args.out / "run", args.out / "eval"
+    for old in (run_dir, eval_dir):  # an earlier measurement's logs would be read as this one's progress
+        shutil.rmtree(old, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     print(f"Training experiment=state_transfer_imf for {args.steps} steps in {run_dir}, then {args.episodes} "

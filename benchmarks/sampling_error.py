@@ -20,9 +20,9 @@ from roboimi.vla.data import build_datasets
 from roboimi.vla.training.checkpoint import build_agent_from_checkpoint, load_checkpoint
 
 
-def sampled_chunks(agent, batch: dict, num_steps: int, noise: torch.Tensor) -> torch.Tensor:
-    """(draws, B, pred_horizon, A) normalized chunks, one per noise draw (noise: (draws, B, pred_horizon, A))."""
-    cond = agent.encode_observation(batch["images"], batch["qpos"])
+def sampled_chunks(agent, cond: torch.Tensor, num_steps: int, noise: torch.Tensor) -> torch.Tensor:
+    """(draws, B, pred_horizon, A) normalized chunks, one per noise draw (noise: (draws, B, pred_horizon, A)), from
+    the encoded observations cond (B, obs_horizon, cond_dim)."""
     return torch.stack([agent.sample_actions(cond, num_steps=num_steps, noise=draw) for draw in noise])
 
 
@@ -71,8 +71,9 @@ def main() -> None:
           f"{args.dataset_dir}, {args.draws} noise draws each, steps {played.start}..{played.stop - 1} of each chunk")
     print(f"{'steps':>5} {'error':>8} {'spread':>8} {'bias':>8}")
     with torch.inference_mode():
+        cond = agent.encode_observation(batch["images"], batch["qpos"])  # once: every step count plans from it
         for num_steps in args.steps:
-            chunks = sampled_chunks(agent, batch, num_steps, noise)[:, :, played]  # (draws, B, played, A)
+            chunks = sampled_chunks(agent, cond, num_steps, noise)[:, :, played]  # (draws, B, played, A)
             errors = chunk_errors(chunks, target[:, played], keep)
             print(f"{num_steps:>5} {errors['error']:8.4f} {errors['spread']:8.4f} {errors['bias']:8.4f}")
 

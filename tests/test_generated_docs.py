@@ -9,6 +9,8 @@ import unittest
 from unittest import mock
 from pathlib import Path
 
+from tests.script_modules import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -24,23 +26,14 @@ class PolicyCardsTest(unittest.TestCase):
             self.assertIn(f"`{policy.name}`", generated)
 
 
-def results_tables():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import results_tables
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
-    return results_tables
-
-
 class ResultsTablesTest(unittest.TestCase):
     def test_the_results_tables_are_the_ones_the_sweep_reports_give(self):
-        tables = results_tables()
+        tables = load_script("scripts/results_tables.py")
         text = tables.RESULTS.read_text()
         self.assertEqual(tables.rendered(text), text, "docs/results.md is stale: run `python scripts/results_tables.py`")
 
     def test_a_table_can_take_only_the_reports_it_names(self):
-        tables = results_tables()
+        tables = load_script("scripts/results_tables.py")
         report = json.loads((tables.REPORTS / "state.json").read_text())
         with tempfile.TemporaryDirectory() as tmp, mock.patch.object(tables, "REPORTS", Path(tmp)):
             (Path(tmp) / "old.json").write_text(json.dumps(report))

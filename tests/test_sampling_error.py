@@ -1,20 +1,11 @@
 """benchmarks/sampling_error.py's statistics: error, spread over noise draws and bias of sampled chunks."""
-import sys
 import unittest
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.script_modules import load_script
 
-
-def chunk_errors(*args):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from sampling_error import chunk_errors as compute
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return compute(*args)
+chunk_errors = load_script("benchmarks/sampling_error.py").chunk_errors
 
 
 class ChunkErrorsTest(unittest.TestCase):

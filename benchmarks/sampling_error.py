@@ -11,6 +11,9 @@ action space the policy is trained in ([-1, 1] per dimension), over the steps a 
   bias      RMS distance of the mean over the draws from the demo's chunk.
 error^2 = bias^2 + spread^2 (up to the draws' finite count). Scripted demos are one chunk per observation, so the
 ideal policy has zero spread at every step count; a step count with a larger error adds error of its own.
+
+--swap frames (or state) gives each window the camera frames (or joint state) of another window: a policy whose
+error hardly grows has not learned to read that input.
 """
 import argparse
 
@@ -40,6 +43,17 @@ def chunk_errors(chunks: torch.Tensor, target: torch.Tensor, keep: torch.Tensor)
     }
 
 
+def swapped_observation(batch: dict, swap: str) -> tuple[dict, torch.Tensor]:
+    """The batch's images {cam: (B, T, 3, H, W)} and qpos (B, T, D), with the part `swap` ('frames', 'state' or
+    'none') of each window taken from the next window (rolled by one along B)."""
+    images, qpos = batch["images"], batch["qpos"]
+    if swap == "frames":
+        images = {cam: frames.roll(1, dims=0) for cam, frames in images.items()}
+    elif swap == "state":
+        qpos = qpos.roll(1, dims=0)
+    return images, qpos
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
@@ -49,6 +63,8 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=8)
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--swap", choices=("none", "frames", "state"), default="none",
+                        help="give each window another window's camera frames or joint state")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -68,10 +84,11 @@ def main() -> None:
     noise = agent.noise_scale * torch.randn((args.draws, *target.shape), generator=generator)
 
     print(f"{args.checkpoint} ({weights} weights): {len(indices)} windows from episodes {args.first_episode}.. of "
-          f"{args.dataset_dir}, {args.draws} noise draws each, steps {played.start}..{played.stop - 1} of each chunk")
+          f"{args.dataset_dir}, {args.draws} noise draws each, steps {played.start}..{played.stop - 1} of each chunk"
+          + ("" if args.swap == "none" else f", each window with another window's {args.swap}"))
     print(f"{'steps':>5} {'error':>8} {'spread':>8} {'bias':>8}")
     with torch.inference_mode():
-        cond = agent.encode_observation(batch["images"], batch["qpos"])  # once: every step count plans from it
+        cond = agent.encode_observation(*swapped_observation(batch, args.swap))  # once: every step count plans from it
         for num_steps in args.steps:
             chunks = sampled_chunks(agent, cond, num_steps, noise)[:, :, played]  # (draws, B, played, A)
             errors = chunk_errors(chunks, target[:, played], keep)

@@ -1,11 +1,12 @@
-"""benchmarks/sampling_error.py's statistics: error, spread over noise draws and bias of sampled chunks."""
+"""benchmarks/sampling_error.py: error, spread over noise draws and bias of sampled chunks; swapped inputs."""
 import unittest
 
 import torch
 
 from tests.script_modules import load_script
 
-chunk_errors = load_script("benchmarks/sampling_error.py").chunk_errors
+sampling_error = load_script("benchmarks/sampling_error.py")
+chunk_errors = sampling_error.chunk_errors
 
 
 class ChunkErrorsTest(unittest.TestCase):
@@ -30,3 +31,15 @@ class ChunkErrorsTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SwappedObservationTest(unittest.TestCase):
+    def test_only_the_named_input_comes_from_another_window(self):
+        batch = {"images": {"top": torch.arange(3).view(3, 1, 1, 1, 1).expand(3, 2, 3, 4, 4)},
+                 "qpos": torch.arange(3.0).view(3, 1, 1).expand(3, 2, 5)}
+        for swap, frames_from, state_from in (("none", [0, 1, 2], [0, 1, 2]), ("frames", [2, 0, 1], [0, 1, 2]),
+                                              ("state", [0, 1, 2], [2, 0, 1])):
+            with self.subTest(swap=swap):
+                images, qpos = sampling_error.swapped_observation(batch, swap)
+                self.assertEqual(images["top"][:, 0, 0, 0, 0].tolist(), frames_from)
+                self.assertEqual(qpos[:, 0, 0].tolist(), state_from)

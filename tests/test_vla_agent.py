@@ -4,8 +4,6 @@ import unittest
 import numpy as np
 import torch
 
-from roboimi.vla.agent import VLAAgent
-from roboimi.vla.models.backbones.no_vision import NoVisionBackbone
 from tests.agent_fixtures import (
     ACTION_DIM, CAMS, OBS_DIM, OBS_HORIZON, PRED_HORIZON, STATS, HeadCalls, make_agent, make_batch,
     make_obs,
@@ -61,23 +59,6 @@ class ConditionTest(unittest.TestCase):
         pixels = {cam: batch["images"][cam].float() / 255 for cam in CAMS}
         torch.testing.assert_close(cond[..., :16], agent.vision_backbone(pixels))
         torch.testing.assert_close(cond[..., 16:], agent._normalize_qpos(batch["qpos"]))
-
-    def test_state_dropout_hides_whole_state_histories_in_training_only(self):
-        agent = make_agent(state_dropout=0.5)
-        batch = make_batch(batch=64)
-        state = agent._normalize_qpos(batch["qpos"])  # (B, T, obs_dim)
-        torch.testing.assert_close(agent.eval().encode_observation(batch["images"], batch["qpos"])[..., 16:], state)
-        torch.manual_seed(0)
-        seen = agent.train().encode_observation(batch["images"], batch["qpos"])[..., 16:]
-        hidden = (seen == 0).all(dim=-1)  # (B, T)
-        # a sample's state is hidden at every step of its history or at none; kept states are not rescaled
-        self.assertTrue(torch.equal(hidden[:, 0], hidden[:, 1]))
-        self.assertTrue(0.3 < hidden[:, 0].float().mean() < 0.7)
-        torch.testing.assert_close(seen[~hidden[:, 0]], state[~hidden[:, 0]])
-        with self.assertRaisesRegex(ValueError, "state_dropout=1.0"):
-            make_agent(state_dropout=1.0)
-        with self.assertRaisesRegex(ValueError, "needs cameras"):
-            VLAAgent(NoVisionBackbone(), head=None, action_dim=ACTION_DIM, obs_dim=OBS_DIM, camera_names=(), state_dropout=0.5)
 
     def test_batch_errors(self):
         agent = make_agent()

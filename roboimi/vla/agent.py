@@ -69,7 +69,6 @@ class VLAAgent(nn.Module):
         normalization_stats: Mapping | None = None,
         temporal_ensemble_coeff: float | None = None,
         noise_scale: float = 1.0,
-        state_dropout: float = 0.0,
     ):
         super().__init__()
         max_action_steps = pred_horizon - obs_horizon + 1
@@ -89,13 +88,6 @@ class VLAAgent(nn.Module):
             raise ValueError(
                 f"noise_scale={noise_scale} must be >= 0 (agent.noise_scale: the std of a plan's initial noise)."
             )
-        if not 0.0 <= state_dropout < 1.0:
-            raise ValueError(f"state_dropout={state_dropout} must be in [0, 1); 0 turns it off (agent.state_dropout).")
-        if state_dropout > 0 and not camera_names:
-            raise ValueError(
-                f"state_dropout={state_dropout} needs cameras: a state-only agent would be left with no input. "
-                "Set agent.state_dropout=0."
-            )
         if prediction_type not in ("epsilon", "sample"):
             raise ValueError(f"prediction_type={prediction_type!r} is not supported; use 'epsilon' or 'sample'.")
 
@@ -112,7 +104,6 @@ class VLAAgent(nn.Module):
         )
         self.inference_steps = inference_steps
         self.noise_scale = noise_scale
-        self.state_dropout = state_dropout
         # What the policy observes; the dataset builder and the evaluator follow it, and it is checked here only.
         self.observation_spec = ObservationSpec(camera_names, vision_backbone.input_shape, state_keys)
         self.prediction_type = prediction_type
@@ -219,12 +210,6 @@ class VLAAgent(nn.Module):
         state = self._normalize_qpos(qpos.to(self._device).float())  # (B, T, obs_dim)
         if not self.camera_names:
             return state
-        if self.training and self.state_dropout > 0:
-            # A policy that can predict most of a chunk from the joint state may never learn to find the objects in
-            # the frames; hiding the state (its whole history, no 1 / (1 - p) rescaling, which would move the kept
-            # states) from a share of the samples makes the frames carry the plan there.
-            keep = torch.rand(state.shape[0], 1, 1, device=state.device) >= self.state_dropout
-            state = state * keep
         return torch.cat([self.encode_frames(images), state], dim=-1)
 
     def encode_frames(self, images: Mapping[str, torch.Tensor]) -> torch.Tensor:

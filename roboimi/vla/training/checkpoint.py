@@ -255,13 +255,12 @@ def upgrade_config(config: dict) -> dict:
     images itself (resize_shape), which is now done only when the dataset reads them (data.image_resize_shape).
     Before `derivative_precision`, the iMF derivative passes ran in the step's precision: fp32 unless the run set
     train.bf16_autocast, so fp32 is taken. Before `camera_dropout`, every camera was always seen: 0. Before
-    `noise_scale`, every plan started from unit noise: 1. Before `state_dropout`, the state was always seen: 0.
+    `noise_scale`, every plan started from unit noise: 1.
     """
     config = copy.deepcopy(config)
     agent = config["agent"]
     agent.setdefault("state_keys", config.get("data", {}).get("state_keys", ["qpos"]))
     agent.setdefault("noise_scale", 1.0)
-    agent.setdefault("state_dropout", 0.0)
     if agent.get("_target_") == "roboimi.vla.agent_imf.IMFVLAAgent":
         agent.setdefault("derivative_precision", "fp32")
     backbone = agent.get("vision_backbone", {})

@@ -45,7 +45,7 @@ def chunk_errors(chunks: torch.Tensor, target: torch.Tensor, keep: torch.Tensor)
 
 def swapped_observation(batch: dict, swap: str) -> tuple[dict, torch.Tensor]:
     """The batch's images {cam: (B, T, 3, H, W)} and qpos (B, T, D), with the part `swap` ('frames', 'state' or
-    'none') of each window taken from the next window (rolled by one along B)."""
+    'none') of each window taken from the window before it (rolled by one along B)."""
     images, qpos = batch["images"], batch["qpos"]
     if swap == "frames":
         images = {cam: frames.roll(1, dims=0) for cam, frames in images.items()}

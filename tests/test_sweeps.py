@@ -112,7 +112,19 @@ class CompareEvalsTest(unittest.TestCase):
         a = {"episodes": [{"seed": 1000, "success": True}]}
         b = {"episodes": [{"seed": 2000, "success": True}]}
         with self.assertRaisesRegex(SystemExit, "different episode seeds"):
-            compare_evals.compare(a, b)
+            compare_evals.compare([(a, b)])
+
+    def test_pairs_pool_their_episodes(self):
+        def summary(*outcomes):
+            return {"episodes": [{"seed": 1000 + i, "success": o} for i, o in enumerate(outcomes)]}
+
+        # pair 1: A alone succeeds once; pair 2: B alone succeeds once, both succeed once
+        pooled = compare_evals.compare([(summary(True, False), summary(False, False)),
+                                        (summary(False, True), summary(True, True))])
+        self.assertEqual((pooled["n"], pooled["a_only"], pooled["b_only"], pooled["both"]), (4, 1, 1, 1))
+        self.assertEqual(pooled["difference"], 0.0)
+        with self.assertRaisesRegex(SystemExit, "usage"):
+            compare_evals.main(["a", "b", "c"])
 
 
 if __name__ == "__main__":
